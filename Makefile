@@ -1,0 +1,32 @@
+# azyq: food-voucher redemption gateway.
+GO ?= go
+PKGS := ./...
+RACE_PKGS := ./ledger/... ./gateway/...
+
+.PHONY: build test test-race test-short bench run lint fmt soak fuzz
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# The README's test command: vet, the whole suite, and the race detector on
+# the packages that hold locks and money.
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
+
+test-short:
+	$(GO) test -count=1 -short $(PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./ledger/... ./gateway/... ./bench/...
+
+run:
+	$(GO) run ./cmd/gatewayd --demo
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')

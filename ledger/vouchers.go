@@ -1,0 +1,360 @@
+package ledger
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"azyq/domain"
+)
+
+// statusLocked returns the status a client sees now. A voucher not activated
+// lapses at the end of its month; an active one at the end of its month plus
+// the programme's grace.
+func (l *Ledger) statusLocked(v *voucher, now time.Time) Status {
+	switch v.state {
+	case stateIssued:
+		if !now.Before(v.month.End(l.prog.Location)) {
+			return StatusExpired
+		}
+		return StatusIssued
+	case stateActive:
+		if !now.Before(l.prog.SpendUntil(v.month)) {
+			return StatusExpired
+		}
+		return StatusActive
+	default:
+		return StatusExpired
+	}
+}
+
+func (l *Ledger) viewLocked(id VoucherID, v *voucher, now time.Time) Voucher {
+	out := Voucher{
+		ID: id, FamilyID: v.familyID, Month: v.month, Members: int(v.members),
+		City: (*l.cities.Load())[v.city], FaceValue: v.face, Balance: v.balance,
+		Spent: v.spent, Lapsed: v.lapsed, Status: l.statusLocked(v, now),
+		ExpiresAt: v.month.End(l.prog.Location),
+	}
+	if v.activatedAt != 0 {
+		out.ActivatedAt = time.Unix(0, v.activatedAt).In(l.prog.Location)
+		out.ExpiresAt = l.prog.SpendUntil(v.month)
+	}
+	return out
+}
+
+// Voucher returns a voucher.
+func (l *Ledger) Voucher(id VoucherID) (Voucher, error) {
+	if err := l.check(); err != nil {
+		return Voucher{}, err
+	}
+	v := l.vouchers.get(id)
+	if v == nil {
+		return Voucher{}, refuse(CodeNotFound, "voucher %s does not exist", id)
+	}
+	now := l.now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return l.viewLocked(id, v, now), nil
+}
+
+// validateFamily returns a refusal naming the first invalid field of row i.
+func validateFamily(i int, f *Family) *Refusal {
+	switch {
+	case !ValidID(f.FamilyID):
+		return refuse(CodeInvalid, "families[%d].family_id %q must be 1-64 characters of A-Z a-z 0-9 _ -", i, f.FamilyID)
+	case f.Members < 1 || f.Members > membersMax:
+		return refuse(CodeInvalid, "families[%d].members %d must be 1-%d", i, f.Members, membersMax)
+	case len(f.City) > cityMax:
+		return refuse(CodeInvalid, "families[%d].city must be at most %d bytes", i, cityMax)
+	}
+	return nil
+}
+
+// Issue issues month's vouchers to the families, idempotently per (month,
+// family): a family that already has a voucher for the month gets it back
+// unchanged. Vouchers of a month that has ended are born expired. The whole
+// request is validated before anything is written.
+func (l *Ledger) Issue(month domain.Month, families []Family) ([]Issued, error) {
+	if err := l.check(); err != nil {
+		return nil, err
+	}
+	if len(families) > issuanceMax {
+		return nil, refuse(CodeInvalid, "at most %d families per issuance, got %d", issuanceMax, len(families))
+	}
+	if _, ok := l.prog.FaceValue(month, 1); !ok {
+		return nil, refuse(CodeMRPUnknown, "no MRP is configured for %d (programme file: mrp)", month.Year())
+	}
+	for i := range families {
+		if r := validateFamily(i, &families[i]); r != nil {
+			return nil, r
+		}
+	}
+
+	l.issue.Lock()
+	defer l.issue.Unlock()
+	now := l.now()
+	out := make([]Issued, len(families))
+	for lo := 0; lo < len(families); lo += issueBatchMax {
+		hi := min(lo+issueBatchMax, len(families))
+		if err := l.issueChunkLocked(month, families[lo:hi], out[lo:hi], now); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// issueChunkLocked issues one Pebble batch worth of families.
+func (l *Ledger) issueChunkLocked(month domain.Month, families []Family, out []Issued, now time.Time) error {
+	index := l.issue.families[month]
+	next := VoucherID(l.vouchers.len()) + 1
+	cities := *l.cities.Load()
+	var fresh []VoucherID
+	seen := make(map[string]VoucherID)
+
+	b := l.db.NewBatch()
+	var issued domain.Tiyn
+	for i := range families {
+		f := &families[i]
+		if id, ok := index[f.FamilyID]; ok {
+			out[i] = Issued{Voucher: l.mustView(id, now)}
+			continue
+		}
+		if id, ok := seen[f.FamilyID]; ok {
+			// The same family twice in one request gets one voucher.
+			out[i] = Issued{Voucher: Voucher{ID: id}}
+			continue
+		}
+		face, _ := l.prog.FaceValue(month, f.Members)
+		cityID, err := l.cityLocked(f.City, &cities)
+		if err != nil {
+			b.Close()
+			return err
+		}
+		id := next
+		next++
+		v := l.vouchers.slot(id)
+		v.voucherData = voucherData{
+			state: stateIssued, members: uint8(f.Members), city: cityID, month: month,
+			balance: face, face: face, familyID: f.FamilyID,
+		}
+		rec := v.recordLocked(cities)
+		b.Set(voucherKey(nil, id), rec.encode(nil), nil)
+		issued += face
+		fresh = append(fresh, id)
+		seen[f.FamilyID] = id
+		out[i] = Issued{Voucher: Voucher{ID: id}, Created: true}
+	}
+	if len(fresh) == 0 {
+		b.Close()
+		return nil
+	}
+	postAccount(b, AccountProgramme, -issued)
+	if err := l.commit(b); err != nil {
+		return err
+	}
+
+	// Durable: publish the cities, the vouchers and the family index.
+	l.cities.Store(&cities)
+	if index == nil {
+		index = make(map[string]VoucherID)
+		l.issue.families[month] = index
+	}
+	for _, id := range fresh {
+		index[l.vouchers.slot(id).familyID] = id
+	}
+	l.vouchers.publish(next - 1)
+	l.accounts.add(AccountProgramme, -issued)
+	for i := range out {
+		if out[i].Voucher.FamilyID == "" {
+			out[i].Voucher = l.mustView(out[i].Voucher.ID, now)
+		}
+	}
+	return nil
+}
+
+// cityLocked interns a city name, growing a private copy of the table that
+// the caller publishes after its commit.
+func (l *Ledger) cityLocked(name string, cities *[]string) (uint16, error) {
+	if id, ok := l.issue.cityIDs[name]; ok {
+		return id, nil
+	}
+	if len(*cities) >= citiesMax {
+		return 0, fmt.Errorf("cannot add city %q: the table holds %d cities already", name, citiesMax)
+	}
+	id := uint16(len(*cities))
+	*cities = append(slices.Clip(*cities), name)
+	l.issue.cityIDs[name] = id
+	return id, nil
+}
+
+func (l *Ledger) mustView(id VoucherID, now time.Time) Voucher {
+	v := l.vouchers.get(id)
+	if v == nil {
+		panic(fmt.Sprintf("BUG: voucher %s is indexed but not published", id))
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return l.viewLocked(id, v, now)
+}
+
+// VoucherByFamily returns the voucher of a family for a month.
+func (l *Ledger) VoucherByFamily(month domain.Month, familyID string) (Voucher, error) {
+	l.issue.Lock()
+	id, ok := l.issue.families[month][familyID]
+	l.issue.Unlock()
+	if !ok {
+		return Voucher{}, refuse(CodeNotFound, "family %q has no voucher for %s", familyID, month)
+	}
+	return l.Voucher(id)
+}
+
+// Activate activates a voucher; the caller has the recipient's consent.
+// Activation is possible from the first to the last day of the voucher's
+// month; activating an active voucher returns it unchanged.
+func (l *Ledger) Activate(id VoucherID) (Voucher, error) {
+	if err := l.check(); err != nil {
+		return Voucher{}, err
+	}
+	v := l.vouchers.get(id)
+	if v == nil {
+		return Voucher{}, refuse(CodeNotFound, "voucher %s does not exist", id)
+	}
+	now := l.now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+
+	switch {
+	case v.state == stateActive:
+		return l.viewLocked(id, v, now), nil
+	case v.state == stateLapsed || !now.Before(v.month.End(l.prog.Location)):
+		return Voucher{}, refuse(CodeActivationWindowClosed,
+			"voucher %s of %s can no longer be activated: its month has ended", id, v.month)
+	case now.Before(v.month.Start(l.prog.Location)):
+		return Voucher{}, refuse(CodeActivationWindowNotOpen,
+			"voucher %s of %s cannot be activated before its month begins", id, v.month)
+	}
+
+	next := v.voucherData
+	next.state, next.activatedAt = stateActive, now.UnixNano()
+	b := l.db.NewBatch()
+	rec := next.recordLocked(*l.cities.Load())
+	b.Set(voucherKey(nil, id), rec.encode(nil), nil)
+	if err := l.commit(b); err != nil {
+		return Voucher{}, err
+	}
+	v.voucherData = next
+	return l.viewLocked(id, v, now), nil
+}
+
+// Lapse moves the remaining balance of every voucher of month to the lapsed
+// account, once the month's spending has ended. Each voucher lapses at most
+// once, and its new state is written with the posting, so a restart midway
+// neither skips nor repeats a voucher. It returns how many vouchers lapsed
+// now and their total.
+func (l *Ledger) Lapse(month domain.Month) (int, domain.Tiyn, error) {
+	if err := l.check(); err != nil {
+		return 0, 0, err
+	}
+	now := l.now()
+	if now.Before(l.prog.SpendUntil(month)) {
+		return 0, 0, refuse(CodeConflict, "month %s cannot lapse before %s", month,
+			l.prog.SpendUntil(month).Format(time.RFC3339))
+	}
+	l.issue.Lock()
+	ids := make([]VoucherID, 0, len(l.issue.families[month]))
+	for _, id := range l.issue.families[month] {
+		ids = append(ids, id)
+	}
+	l.issue.Unlock()
+	slices.Sort(ids)
+
+	count, total := 0, domain.Tiyn(0)
+	for lo := 0; lo < len(ids); lo += lapseBatchMax {
+		n, t, err := l.lapseChunk(ids[lo:min(lo+lapseBatchMax, len(ids))])
+		if err != nil {
+			return count, total, err
+		}
+		count, total = count+n, total+t
+	}
+
+	b := l.db.NewBatch()
+	b.Set(lapseKey(month), nil, nil)
+	if err := l.commit(b); err != nil {
+		return count, total, err
+	}
+	if count > 0 {
+		l.log.Info("month lapsed", "month", month.String(), "vouchers", count, "amount", int64(total))
+	}
+	return count, total, nil
+}
+
+// lapseChunk locks a sorted chunk of vouchers (a fixed order, so it cannot
+// deadlock with another chunk; other paths lock one voucher at a time),
+// lapses them in one batch and unlocks them after the commit.
+func (l *Ledger) lapseChunk(ids []VoucherID) (int, domain.Tiyn, error) {
+	var locked []*voucher
+	defer func() {
+		for _, v := range locked {
+			v.mu.Unlock()
+		}
+	}()
+	cities := *l.cities.Load()
+	b := l.db.NewBatch()
+	var total domain.Tiyn
+	var lapsing []*voucher
+	for _, id := range ids {
+		v := l.vouchers.get(id)
+		v.mu.Lock()
+		locked = append(locked, v)
+		if v.state == stateLapsed {
+			continue
+		}
+		next := v.voucherData
+		next.state, next.lapsed, next.balance = stateLapsed, v.balance, 0
+		rec := next.recordLocked(cities)
+		b.Set(voucherKey(nil, id), rec.encode(nil), nil)
+		total += v.balance
+		lapsing = append(lapsing, v)
+	}
+	if len(lapsing) == 0 {
+		b.Close()
+		return 0, 0, nil
+	}
+	postAccount(b, AccountLapsed, total)
+	if err := l.commit(b); err != nil {
+		return 0, 0, err
+	}
+	for _, v := range lapsing {
+		v.state, v.lapsed, v.balance = stateLapsed, v.balance, 0
+	}
+	l.accounts.add(AccountLapsed, total)
+	return len(lapsing), total, nil
+}
+
+// LapseDue lapses every month whose spending has ended and that has not
+// lapsed yet. The gateway calls it on a timer.
+func (l *Ledger) LapseDue() error {
+	l.issue.Lock()
+	var months []domain.Month
+	for m := range l.issue.families {
+		months = append(months, m)
+	}
+	l.issue.Unlock()
+	slices.Sort(months)
+	now := l.now()
+	for _, m := range months {
+		if now.Before(l.prog.SpendUntil(m)) {
+			continue
+		}
+		if _, done, err := l.get(lapseKey(m)); err != nil || done {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if _, _, err := l.Lapse(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
