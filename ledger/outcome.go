@@ -31,6 +31,8 @@ const (
 	CodeIdempotencyKeyReused
 	CodeRequestInProgress
 	CodeInvalid
+	CodeQRExpired
+	CodeQRInvalid
 	codeCount
 )
 
@@ -51,6 +53,8 @@ var codeNames = [codeCount]string{
 	CodeIdempotencyKeyReused:    "idempotency_key_reused",
 	CodeRequestInProgress:       "request_in_progress",
 	CodeInvalid:                 "invalid_request",
+	CodeQRExpired:               "qr_expired",
+	CodeQRInvalid:               "qr_invalid",
 }
 
 // String returns the contract's error code.

@@ -143,8 +143,8 @@ func (l *Ledger) Redeem(req *RedeemRequest) (*Redemption, error) {
 // voucher's status, then its balance.
 func (l *Ledger) decideLocked(v *voucher, req *RedeemRequest, requested domain.Tiyn, now time.Time) (domain.Tiyn, *Refusal) {
 	id := req.Token.Voucher
-	if l.nonces.used(req.Token) {
-		return 0, refuse(CodeQRUsed, "this QR code was already used; ask the customer to show a new one")
+	if r := l.checkTokenLocked(req.Token, now); r != nil {
+		return 0, r
 	}
 	switch l.statusLocked(v, now) {
 	case StatusIssued:
@@ -236,10 +236,24 @@ func (l *Ledger) Balance(t Token) (Voucher, error) {
 	now := l.now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if l.nonces.used(t) {
-		return Voucher{}, refuse(CodeQRUsed, "this QR code was already used; ask the customer to show a new one")
+	if r := l.checkTokenLocked(t, now); r != nil {
+		return Voucher{}, r
 	}
 	return l.viewLocked(t.Voucher, v, now), nil
+}
+
+// checkTokenLocked refuses a token that was used or has expired. The
+// gateway checks expiry too, but the check that counts is this one, under
+// the voucher's lock: used tokens are forgotten once expired, so a token
+// that expired between the gateway's check and this lock must not pass.
+func (l *Ledger) checkTokenLocked(t Token, now time.Time) *Refusal {
+	if !now.Before(t.Expires) {
+		return refuse(CodeQRExpired, "this QR code has expired; ask the customer to show a new one")
+	}
+	if l.nonces.used(t) {
+		return refuse(CodeQRUsed, "this QR code was already used; ask the customer to show a new one")
+	}
+	return nil
 }
 
 // Redemption returns a redemption with the sum of its refunds. The record
