@@ -3,7 +3,7 @@ GO ?= go
 PKGS := ./...
 RACE_PKGS := ./ledger/... ./gateway/...
 
-.PHONY: build test test-race test-short bench run lint fmt soak fuzz
+.PHONY: build test test-race test-short bench run lint fmt soak fuzz loadtest compare
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -30,3 +30,15 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# Load test a running gateway through its API (tokens as gatewayd printed
+# them): make loadtest ADDR=127.0.0.1:8080 GATEWAY_ADMIN_TOKEN=… GATEWAY_WALLET_TOKEN=…
+ADDR ?= 127.0.0.1:8080
+LOADTEST_FLAGS ?= --duration 30s
+loadtest:
+	$(GO) run ./cmd/loadtest --addr $(ADDR) --json loadtest-report.json --html loadtest-report.html $(LOADTEST_FLAGS)
+
+# The gateway side by side with PostgreSQL, Redis and no-work designs of the
+# same redemption path; starts and stops everything itself.
+compare:
+	bench/compare/compare.sh
