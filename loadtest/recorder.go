@@ -37,7 +37,20 @@ type Recorder struct {
 		latency  [kindCount]*hdr.Histogram
 		outcomes [kindCount]map[string]int64
 		series   []*second
+		// startLag is, in the open loop, how late a worker picked up
+		// each request after its scheduled start: all of it is in the
+		// latency, and when it is large the load generator or the
+		// machine, not the server, is what is being measured.
+		startLag *hdr.Histogram
 	}
+}
+
+// RecordStartLag adds how late an open-loop request started.
+func (r *Recorder) RecordStartLag(lag time.Duration) {
+	us := min(max(lag.Microseconds(), 1), latencyMax.Microseconds())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mu.startLag.RecordValue(us)
 }
 
 // second is one second of the run: how many operations ended in it and the
@@ -55,6 +68,7 @@ func newLatencyHistogram(digits int) *hdr.Histogram {
 // NewRecorder returns a recorder whose time series starts at start.
 func NewRecorder(start time.Time) *Recorder {
 	r := &Recorder{start: start}
+	r.mu.startLag = newLatencyHistogram(latencyDigits)
 	for k := range kindCount {
 		r.mu.latency[k] = newLatencyHistogram(latencyDigits)
 		r.mu.outcomes[k] = make(map[string]int64)

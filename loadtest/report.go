@@ -41,12 +41,15 @@ type Report struct {
 	Failures             int64   `json:"failures"`
 	ReplayMismatches     int64   `json:"replay_mismatches"`
 	// Redemption merges both kinds of redemption: the headline latency.
-	Redemption OpReport   `json:"redemption"`
-	Ops        []OpReport `json:"ops"`
-	Series     []Point    `json:"series"`
-	Books      *BookCheck `json:"books,omitempty"`
-	Notes      []string   `json:"notes,omitempty"`
-	Problems   []string   `json:"problems,omitempty"`
+	Redemption OpReport `json:"redemption"`
+	// StartLag is, in the open loop, how late requests left the load
+	// generator after their scheduled start (included in every latency).
+	StartLag *OpReport  `json:"start_lag,omitempty"`
+	Ops      []OpReport `json:"ops"`
+	Series   []Point    `json:"series"`
+	Books    *BookCheck `json:"books,omitempty"`
+	Notes    []string   `json:"notes,omitempty"`
+	Problems []string   `json:"problems,omitempty"`
 }
 
 // OpReport is one operation's figures. Latencies are in microseconds.
@@ -119,6 +122,11 @@ func (rep *Report) Summarize(rec *Recorder, elapsed time.Duration) {
 		}
 	}
 	rep.Redemption = opReport("redemption", redeem, redeemOutcomes, secs)
+	if lag := rec.mu.startLag; lag.TotalCount() > 0 {
+		op := opReport("start_lag", lag, nil, secs)
+		op.Curve = nil
+		rep.StartLag = &op
+	}
 	rep.Redemptions = redeem.TotalCount()
 	rep.RedemptionsPerSecond = rep.Redemption.PerSecond
 	rep.ApprovedPerSecond = float64(redeemOutcomes[outcomeApproved]) / secs
@@ -183,6 +191,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(w, "\noutcomes:")
 	for _, o := range rep.Ops {
 		fmt.Fprintf(w, "  %-17s %s\n", o.Op, formatOutcomes(o.Outcomes))
+	}
+	if l := rep.StartLag; l != nil {
+		fmt.Fprintf(w, "\nopen-loop start lag (in every latency above): p50 %s ms, p99 %s ms, max %s ms\n",
+			ms(l.P50), ms(l.P99), ms(l.Max))
 	}
 	if rep.Books != nil {
 		fmt.Fprintf(w, "\nbooks: %d vouchers checked, %d uncertain, %d violations\n",
