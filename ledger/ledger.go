@@ -198,12 +198,29 @@ func (l *Ledger) commit(b *pebble.Batch) error {
 		return err
 	}
 	start := time.Now()
-	err := l.db.Apply(b, pebble.Sync)
+	err := l.apply(b)
 	l.metrics.observeCommit(time.Since(start), b.Len())
 	if err != nil {
 		return l.fail(fmt.Errorf("cannot commit batch: %w", err))
 	}
 	return nil
+}
+
+// apply commits b with Sync. Pebble reports a failed WAL write or sync by
+// calling its logger's Fatalf in the committing goroutine; apply turns that
+// panic back into an error so that commit can stop the ledger and answer
+// ErrUnavailable instead of taking the process down mid-request.
+func (l *Ledger) apply(b *pebble.Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			fatal, ok := r.(pebbleFatal)
+			if !ok {
+				panic(r)
+			}
+			err = fatal
+		}
+	}()
+	return l.db.Apply(b, pebble.Sync)
 }
 
 // get reads a key; the value is copied. Callers read only keys that no
@@ -267,7 +284,17 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 	p.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
 }
 
+// Fatalf panics with a pebbleFatal. Raised by a commit, Ledger.apply
+// recovers it and the ledger stops (invariant 3); raised anywhere else (a
+// background flush or compaction), it ends the process, which is fail-stop
+// too: a restart rebuilds memory from what is on disk.
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
-	panic(fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	p.log.Error(msg, "component", "pebble")
+	panic(pebbleFatal{msg})
 }
+
+// pebbleFatal is a fatal error reported by Pebble.
+type pebbleFatal struct{ msg string }
+
+func (p pebbleFatal) Error() string { return p.msg }
