@@ -28,7 +28,7 @@ type RedeemRequest struct {
 // validate checks the request's shape; the gateway checks the same before
 // calling, so a failure here is a caller's bug reported as a refusal.
 func (r *RedeemRequest) validate() *Refusal {
-	if (r.Amount > 0) == (len(r.Lines) > 0) {
+	if r.Amount < 0 || (r.Amount > 0) == (len(r.Lines) > 0) {
 		return refuse(CodeInvalid, "give exactly one of amount (> 0) and lines")
 	}
 	if r.Amount > domain.AmountMax {
@@ -119,6 +119,12 @@ func (l *Ledger) Redeem(req *RedeemRequest) (*Redemption, error) {
 		if !eligible {
 			return nil, l.declineRedemption(req, refuse(CodeNoEligibleItems,
 				"no line of the basket is in the catalogue of socially significant food products"))
+		}
+		// Eligible lines of amount zero price to nothing; a redemption of
+		// zero would move no money and is not a valid record.
+		if requested == 0 {
+			return nil, l.declineRedemption(req, refuse(CodeInvalid,
+				"the eligible lines of the basket are payable 0; a redemption must pay more than 0"))
 		}
 	}
 
