@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/pprof"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -16,10 +18,17 @@ var opsPaths = []string{"/metrics", "/healthz", "/readyz", "/debug/pprof/"}
 // and after the ledger stopped) and /debug/pprof/. It has no
 // authentication: bind it to an address only operators reach.
 func (s *Server) OpsHandler() http.Handler {
+	return OpsHandler(s.met.reg, s.Ready, s.log)
+}
+
+// OpsHandler serves the operations listener for a registry and a
+// readiness check; the server binary starts it before the ledger has
+// recovered, so /readyz answers 503 (and /healthz 200) while it does.
+func OpsHandler(reg *prometheus.Registry, ready func() bool, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		EnableOpenMetrics: true,
-		ErrorLog:          slogPrinter{s.log},
+		ErrorLog:          slogPrinter{log},
 	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -27,7 +36,7 @@ func (s *Server) OpsHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !s.Ready() {
+		if !ready() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			w.Write([]byte("not ready\n"))
 			return
