@@ -149,6 +149,9 @@ func (l *Ledger) issueChunkLocked(month domain.Month, families []Family, out []I
 		return nil
 	}
 	postAccount(b, AccountProgramme, -issued)
+	// New vouchers of a month whose lapse already ran must lapse too:
+	// forget that it ran, so that LapseDue runs it again.
+	b.Delete(lapseKey(month), nil)
 	if err := l.commit(b); err != nil {
 		return err
 	}
