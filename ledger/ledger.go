@@ -84,6 +84,8 @@ type Ledger struct {
 	stores    atomic.Pointer[map[string]*storeState]
 	terminals atomic.Pointer[terminalIndex]
 
+	adminLog adminLog // the append-only record of admin actions (auditlog.go)
+
 	cut struct {
 		sync.Mutex
 		closed bool

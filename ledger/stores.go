@@ -60,8 +60,13 @@ func (l *Ledger) validateStore(s *Store) *Refusal {
 	return nil
 }
 
-// PutStore creates or updates a shop.
-func (l *Ledger) PutStore(s Store) (Store, error) {
+// PutStore creates or updates a shop, recorded in the admin log as a
+// change by RoleSystem.
+func (l *Ledger) PutStore(s Store) (Store, error) { return l.PutStoreBy(Actor{}, s) }
+
+// PutStoreBy creates or updates a shop on behalf of who; the admin log
+// record is written in the same batch.
+func (l *Ledger) PutStoreBy(who Actor, s Store) (Store, error) {
 	if err := l.check(); err != nil {
 		return Store{}, err
 	}
@@ -77,7 +82,11 @@ func (l *Ledger) PutStore(s Store) (Store, error) {
 	}
 	b := l.db.NewBatch()
 	b.Set(append([]byte{tableStore}, s.ID...), value, nil)
-	if err := l.commit(b); err != nil {
+	rec := AdminAction{Actor: who, Action: ActionStorePut, Object: "store/" + s.ID, After: storeAuditJSON(&s)}
+	if old, ok := l.Store(s.ID); ok {
+		rec.Before = storeAuditJSON(&old)
+	}
+	if err := l.commitAdmin(b, &rec); err != nil {
 		return Store{}, err
 	}
 	l.installStore(s)
@@ -123,6 +132,11 @@ func (l *Ledger) Stores() []Store {
 // AddTerminal registers a terminal of an existing store with the SHA-256
 // hash of its API key. An existing terminal id is a conflict.
 func (l *Ledger) AddTerminal(storeID, terminalID string, keyHash [32]byte) (Terminal, error) {
+	return l.AddTerminalBy(Actor{}, storeID, terminalID, keyHash)
+}
+
+// AddTerminalBy is AddTerminal on behalf of who, for the admin log.
+func (l *Ledger) AddTerminalBy(who Actor, storeID, terminalID string, keyHash [32]byte) (Terminal, error) {
 	if err := l.check(); err != nil {
 		return Terminal{}, err
 	}
@@ -143,7 +157,9 @@ func (l *Ledger) AddTerminal(storeID, terminalID string, keyHash [32]byte) (Term
 		return Terminal{}, refuse(CodeConflict, "the key of terminal %q is already in use", terminalID)
 	}
 	t := Terminal{ID: terminalID, StoreID: storeID, KeyHash: keyHash, CreatedAt: l.now()}
-	if err := l.putTerminalLocked(t); err != nil {
+	rec := AdminAction{Actor: who, Action: ActionTerminalAdd, Object: "terminal/" + t.ID,
+		After: terminalAuditJSON(&t)}
+	if err := l.putTerminalLocked(t, &rec); err != nil {
 		return Terminal{}, err
 	}
 	return t, nil
@@ -152,6 +168,12 @@ func (l *Ledger) AddTerminal(storeID, terminalID string, keyHash [32]byte) (Term
 // RotateTerminalKey gives a terminal a new key hash; the previous key stays
 // valid for grace.
 func (l *Ledger) RotateTerminalKey(terminalID string, keyHash [32]byte, grace time.Duration) (Terminal, error) {
+	return l.RotateTerminalKeyBy(Actor{}, terminalID, keyHash, grace)
+}
+
+// RotateTerminalKeyBy is RotateTerminalKey on behalf of who, for the admin
+// log.
+func (l *Ledger) RotateTerminalKeyBy(who Actor, terminalID string, keyHash [32]byte, grace time.Duration) (Terminal, error) {
 	if err := l.check(); err != nil {
 		return Terminal{}, err
 	}
@@ -169,20 +191,22 @@ func (l *Ledger) RotateTerminalKey(terminalID string, keyHash [32]byte, grace ti
 	t := *old
 	t.PreviousKeyHash, t.PreviousUntil = old.KeyHash, l.now().Add(grace)
 	t.KeyHash = keyHash
-	if err := l.putTerminalLocked(t); err != nil {
+	rec := AdminAction{Actor: who, Action: ActionTerminalKeyRotate, Object: "terminal/" + t.ID,
+		Before: terminalAuditJSON(old), After: terminalAuditJSON(&t)}
+	if err := l.putTerminalLocked(t, &rec); err != nil {
 		return Terminal{}, err
 	}
 	return t, nil
 }
 
-func (l *Ledger) putTerminalLocked(t Terminal) error {
+func (l *Ledger) putTerminalLocked(t Terminal, rec *AdminAction) error {
 	value, err := json.Marshal(terminalJSON(t))
 	if err != nil {
 		panic(fmt.Sprintf("BUG: cannot encode terminal: %v", err))
 	}
 	b := l.db.NewBatch()
 	b.Set(append([]byte{tableTerminal}, t.ID...), value, nil)
-	if err := l.commit(b); err != nil {
+	if err := l.commitAdmin(b, rec); err != nil {
 		return err
 	}
 	l.installTerminal(t)

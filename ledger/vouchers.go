@@ -75,6 +75,13 @@ func validateFamily(i int, f *Family) *Refusal {
 // unchanged. Vouchers of a month that has ended are born expired. The whole
 // request is validated before anything is written.
 func (l *Ledger) Issue(month domain.Month, families []Family) ([]Issued, error) {
+	return l.IssueBy(Actor{}, month, families)
+}
+
+// IssueBy is Issue on behalf of who. Each batch that creates vouchers
+// carries an admin log record of what it created; an issuance that creates
+// nothing is recorded on its own.
+func (l *Ledger) IssueBy(who Actor, month domain.Month, families []Family) ([]Issued, error) {
 	if err := l.check(); err != nil {
 		return nil, err
 	}
@@ -94,17 +101,28 @@ func (l *Ledger) Issue(month domain.Month, families []Family) ([]Issued, error) 
 	defer l.issue.Unlock()
 	now := l.now()
 	out := make([]Issued, len(families))
+	created := 0
 	for lo := 0; lo < len(families); lo += issueBatchMax {
 		hi := min(lo+issueBatchMax, len(families))
-		if err := l.issueChunkLocked(month, families[lo:hi], out[lo:hi], now); err != nil {
+		n, err := l.issueChunkLocked(who, month, families[lo:hi], out[lo:hi], now)
+		if err != nil {
+			return nil, err
+		}
+		created += n
+	}
+	if created == 0 {
+		rec := AdminAction{Actor: who, Action: ActionIssuance, Object: "month/" + month.String(),
+			After: mustJSON(issuanceAudit{Month: month.String(), Families: len(families), Existing: len(families)})}
+		if err := l.commitAdmin(l.db.NewBatch(), &rec); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
 }
 
-// issueChunkLocked issues one Pebble batch worth of families.
-func (l *Ledger) issueChunkLocked(month domain.Month, families []Family, out []Issued, now time.Time) error {
+// issueChunkLocked issues one Pebble batch worth of families and returns
+// how many vouchers it created.
+func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Family, out []Issued, now time.Time) (int, error) {
 	index := l.issue.families[month]
 	next := VoucherID(l.vouchers.len()) + 1
 	cities := *l.cities.Load()
@@ -128,7 +146,7 @@ func (l *Ledger) issueChunkLocked(month domain.Month, families []Family, out []I
 		cityID, err := l.cityLocked(f.City, &cities)
 		if err != nil {
 			b.Close()
-			return err
+			return 0, err
 		}
 		id := next
 		next++
@@ -146,14 +164,20 @@ func (l *Ledger) issueChunkLocked(month domain.Month, families []Family, out []I
 	}
 	if len(fresh) == 0 {
 		b.Close()
-		return nil
+		return 0, nil
 	}
 	postAccount(b, AccountProgramme, -issued)
 	// New vouchers of a month whose lapse already ran must lapse too:
 	// forget that it ran, so that LapseDue runs it again.
 	b.Delete(lapseKey(month), nil)
-	if err := l.commit(b); err != nil {
-		return err
+	rec := AdminAction{Actor: who, Action: ActionIssuance, Object: "month/" + month.String(),
+		After: mustJSON(issuanceAudit{
+			Month: month.String(), Families: len(families), Created: len(fresh),
+			Existing: len(families) - len(fresh), FaceValue: int64(issued),
+			First: fresh[0].String(), Last: fresh[len(fresh)-1].String(),
+		})}
+	if err := l.commitAdmin(b, &rec); err != nil {
+		return 0, err
 	}
 
 	// Durable: publish the cities, the vouchers and the family index.
@@ -172,7 +196,7 @@ func (l *Ledger) issueChunkLocked(month domain.Month, families []Family, out []I
 			out[i].Voucher = l.mustView(out[i].Voucher.ID, now)
 		}
 	}
-	return nil
+	return len(fresh), nil
 }
 
 // cityLocked interns a city name, growing a private copy of the table that
