@@ -92,6 +92,11 @@ type Ledger struct {
 	}
 
 	metrics Metrics
+
+	// testHookBeforeCommit, set only by tests, runs in a redemption's commit
+	// path with the voucher's lock held, just before the batch is committed.
+	// Nil in production.
+	testHookBeforeCommit func(VoucherID)
 }
 
 // Open opens (or creates) the ledger in cfg.Dir and rebuilds memory from it.
