@@ -91,12 +91,8 @@ type Ledger struct {
 		closed bool
 	}
 
-	metrics Metrics
-
-	// testHookBeforeCommit, set only by tests, runs in a redemption's commit
-	// path with the voucher's lock held, just before the batch is committed.
-	// Nil in production.
-	testHookBeforeCommit func(VoucherID)
+	metrics     Metrics
+	pebbleWatch pebbleWatch // Pebble's events and limits, for PebbleCollector
 }
 
 // Open opens (or creates) the ledger in cfg.Dir and rebuilds memory from it.
@@ -139,6 +135,7 @@ func Open(cfg Config) (*Ledger, error) {
 		Logger:                      pebbleLogger{l.log},
 	}
 	opts.EnsureDefaults()
+	l.pebbleWatch.attach(cfg.Dir, opts, l.log)
 
 	start := time.Now()
 	db, err := pebble.Open(cfg.Dir, opts)
