@@ -93,6 +93,11 @@ type Ledger struct {
 
 	metrics     Metrics
 	pebbleWatch pebbleWatch // Pebble's events and limits, for PebbleCollector
+
+	// testHookBeforeCommit, set only by tests, runs in a redemption's commit
+	// path with the voucher's lock held, just before the batch is committed.
+	// Nil in production.
+	testHookBeforeCommit func(VoucherID)
 }
 
 // Open opens (or creates) the ledger in cfg.Dir and rebuilds memory from it.

@@ -206,6 +206,9 @@ func (l *Ledger) commitRedemptionLocked(v *voucher, req *RedeemRequest, st *stor
 	if req.Idem != nil {
 		req.Idem.write(b, req.Render(red, nil), now)
 	}
+	if hook := l.testHookBeforeCommit; hook != nil {
+		hook(red.Voucher)
+	}
 	if err := l.commit(b); err != nil {
 		return nil, err
 	}

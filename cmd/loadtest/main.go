@@ -11,11 +11,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -35,13 +37,15 @@ func env(name, def string) string {
 
 func run() int {
 	var cfg loadtest.Config
-	var mix, jsonPath, htmlPath string
+	var mix, jsonPath, htmlPath, dataDir string
 	var quiet bool
 	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "gateway API address (loopback only)")
 	flag.StringVar(&cfg.AdminToken, "admin-token", env("GATEWAY_ADMIN_TOKEN", ""),
 		"admin token, as gatewayd printed it (env GATEWAY_ADMIN_TOKEN)")
 	flag.StringVar(&cfg.WalletToken, "wallet-token", env("GATEWAY_WALLET_TOKEN", ""),
 		"wallet token, as gatewayd printed it (env GATEWAY_WALLET_TOKEN)")
+	flag.StringVar(&dataDir, "data", "", "gateway data directory to read the tokens from "+
+		"(its secrets.json), when --admin-token and --wallet-token are not given")
 	flag.StringVar(&cfg.Label, "label", "", "free text carried into the report")
 	flag.StringVar(&cfg.Mode, "mode", "closed", "closed: each terminal waits for its answer; "+
 		"open: requests start on schedule at --rate and latency counts from the scheduled start")
@@ -68,6 +72,12 @@ func run() int {
 	flag.BoolVar(&quiet, "quiet", false, "no progress bar")
 	flag.Parse()
 
+	if dataDir != "" {
+		if err := readTokens(dataDir, &cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "loadtest:", err)
+			return 2
+		}
+	}
 	switch mix {
 	case "":
 	case "redemptions":
@@ -115,4 +125,27 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// readTokens fills the tokens left empty from the gateway's secrets file.
+func readTokens(dir string, cfg *loadtest.Config) error {
+	path := filepath.Join(dir, "secrets.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("cannot read the gateway's tokens (--data): %w", err)
+	}
+	var s struct {
+		Admin  string `json:"admin_token"`
+		Wallet string `json:"wallet_token"`
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return fmt.Errorf("cannot parse the gateway's tokens in %q: %w", path, err)
+	}
+	if cfg.AdminToken == "" {
+		cfg.AdminToken = s.Admin
+	}
+	if cfg.WalletToken == "" {
+		cfg.WalletToken = s.Wallet
+	}
+	return nil
 }
