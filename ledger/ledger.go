@@ -150,7 +150,7 @@ func Open(cfg Config) (*Ledger, error) {
 	l.db = db
 	if err := l.recover(); err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("cannot open data directory %q (--data): %w", cfg.Dir, err)
 	}
 	l.log.Info("ledger recovered",
 		"vouchers", l.vouchers.len(), "seq", l.seq.Load(),
