@@ -3,9 +3,13 @@ package ledger
 import (
 	"bytes"
 	"fmt"
+	"math"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"azyq/domain"
 )
@@ -778,3 +782,152 @@ func TestIdempotency(t *testing.T) {
 	}
 	res.Release()
 }
+
+// TestTiynOverflow protects money arithmetic at the int64 edges: a result
+// that does not fit is an error, never a wrapped value, and the discount is
+// exact in 128 bits.
+func TestTiynOverflow(t *testing.T) {
+	const maxT, minT = domain.Tiyn(math.MaxInt64), domain.Tiyn(math.MinInt64)
+	type op struct {
+		name string
+		f    func() (domain.Tiyn, error)
+		want domain.Tiyn
+		ok   bool
+	}
+	add := func(a, b domain.Tiyn) func() (domain.Tiyn, error) {
+		return func() (domain.Tiyn, error) { return a.Add(b) }
+	}
+	sub := func(a, b domain.Tiyn) func() (domain.Tiyn, error) {
+		return func() (domain.Tiyn, error) { return a.Sub(b) }
+	}
+	mul := func(a domain.Tiyn, n int64) func() (domain.Tiyn, error) {
+		return func() (domain.Tiyn, error) { return a.MulInt(n) }
+	}
+	cases := []op{
+		{"max+0", add(maxT, 0), maxT, true},
+		{"max+1", add(maxT, 1), 0, false},
+		{"max+max", add(maxT, maxT), 0, false},
+		{"max+min", add(maxT, minT), -1, true},
+		{"min+-1", add(minT, -1), 0, false},
+		{"min+min", add(minT, minT), 0, false},
+		{"min+0", add(minT, 0), minT, true},
+		{"(max-1)+1", add(maxT-1, 1), maxT, true},
+		{"max-(-1)", sub(maxT, -1), 0, false},
+		{"min-1", sub(minT, 1), 0, false},
+		{"0-min", sub(0, minT), 0, false},
+		{"-1-min", sub(-1, minT), maxT, true},
+		{"min-min", sub(minT, minT), 0, true},
+		{"max-max", sub(maxT, maxT), 0, true},
+		{"0-max", sub(0, maxT), -maxT, true},
+		{"max×1", mul(maxT, 1), maxT, true},
+		{"max×2", mul(maxT, 2), 0, false},
+		{"2^62×2", mul(1<<62, 2), 0, false},
+		{"2^31×2^31", mul(1<<31, 1<<31), 1 << 62, true},
+		{"(2^32+1)×(2^32-1)", mul(1<<32+1, 1<<32-1), 0, false},
+		{"(2^31+1)×(2^32-1)", mul(1<<31+1, 1<<32-1), 0, false},
+		{"(2^31-1)×(2^32+1)", mul(1<<31-1, 1<<32+1), (1<<31 - 1) * (1<<32 + 1), true},
+		{"AmountMax×9223", mul(domain.AmountMax, 9223), 9_223_000_000_000_000_000, true},
+		{"AmountMax×9224", mul(domain.AmountMax, 9224), 0, false},
+		{"-1×1", mul(-1, 1), 0, false},
+		{"1×-1", mul(1, -1), 0, false},
+		{"0×max", mul(0, math.MaxInt64), 0, true},
+	}
+	for _, c := range cases {
+		got, err := c.f()
+		if c.ok && (err != nil || got != c.want) {
+			t.Errorf("%s: %d, %v, want %d", c.name, got, err, c.want)
+		}
+		if !c.ok && err == nil {
+			t.Errorf("%s: %d, want an error", c.name, got)
+		}
+	}
+
+	for _, c := range []struct {
+		a  domain.Tiyn
+		bp int64
+	}{{maxT, 10_000}, {maxT, 1_500}, {maxT, 9_999}, {maxT, 1}, {maxT, 0}, {domain.AmountMax, 1_500}, {99_999, 1_000}, {1, 9_999}} {
+		want := new(big.Int).Mul(big.NewInt(int64(c.a)), big.NewInt(c.bp))
+		want.Quo(want, big.NewInt(10_000))
+		if got := c.a.Discount(c.bp); !want.IsInt64() || int64(got) != want.Int64() {
+			t.Errorf("discount of %d at %d bp: %d, want %s", c.a, c.bp, got, want)
+		}
+	}
+	for _, bad := range []struct {
+		a  domain.Tiyn
+		bp int64
+	}{{-1, 100}, {1, -1}, {1, 10_001}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("discount of %d at %d bp did not panic", bad.a, bad.bp)
+				}
+			}()
+			bad.a.Discount(bad.bp)
+		}()
+	}
+	if !domain.ValidAmount(int64(domain.AmountMax)) || domain.ValidAmount(int64(domain.AmountMax)+1) || domain.ValidAmount(-1) {
+		t.Error("ValidAmount at the edges")
+	}
+}
+
+// TestFormatVersion protects the on-disk format check: a data directory of
+// another format version, or one holding data without a version, is
+// refused with an error naming what was found, and left untouched.
+func TestFormatVersion(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		version []byte // nil: delete the version key
+		want    string
+	}{
+		{"other version", []byte("azyq-ledger-99"), `"azyq-ledger-99"`},
+		{"no version", nil, "without a format version"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.active("F-1", 1)
+			f.l.Close()
+
+			db, err := pebble.Open(f.dir, &pebble.Options{Merger: accountMerger, Logger: quietPebble{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.version == nil {
+				err = db.Delete(versionKey, pebble.Sync)
+			} else {
+				err = db.Set(versionKey, c.version, pebble.Sync)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+
+			l, err := Open(Config{Dir: f.dir, Programme: f.prog, Now: f.clock.Now})
+			if err == nil {
+				l.Close()
+				t.Fatal("opened a data directory of another format")
+			}
+			if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), f.dir) {
+				t.Fatalf("error does not say what is wrong: %v", err)
+			}
+			db, err = pebble.Open(f.dir, &pebble.Options{Merger: accountMerger, ReadOnly: true, Logger: quietPebble{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			v, closer, err := db.Get(versionKey)
+			if c.version == nil && err != pebble.ErrNotFound || c.version != nil && (err != nil || !bytes.Equal(v, c.version)) {
+				t.Fatalf("Open changed the version key: %q, %v", v, err)
+			}
+			if closer != nil {
+				closer.Close()
+			}
+		})
+	}
+}
+
+// quietPebble keeps Pebble's routine messages out of test output.
+type quietPebble struct{}
+
+func (quietPebble) Infof(string, ...any)           {}
+func (quietPebble) Errorf(string, ...any)          {}
+func (quietPebble) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }
