@@ -86,3 +86,40 @@ func TestCheckpointRestores(t *testing.T) {
 		t.Errorf("Checkpoint after Close = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestVoucherStatsMatchesVouchers protects the census behind the vouchers-
+// by-status metrics: it agrees with each voucher's own view, before and
+// after the month ends.
+func TestVoucherStatsMatchesVouchers(t *testing.T) {
+	now := time.Date(2026, 12, 3, 10, 0, 0, 0, domain.DefaultProgramme().Location)
+	l, err := Open(Config{Dir: t.TempDir(), Programme: domain.DefaultProgramme(),
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	month := domain.MonthOf(now, domain.DefaultProgramme().Location)
+	issued, err := l.Issue(month, []Family{{"F-1", 2, "Pavlodar"}, {"F-2", 3, "Pavlodar"}, {"F-3", 4, "Pavlodar"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Activate(issued[0].Voucher.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []time.Time{now, now.AddDate(0, 1, 0)} {
+		now = at
+		var want VoucherStats
+		for _, is := range issued {
+			v, err := l.Voucher(is.Voucher.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want.Count[v.Status]++
+			want.Balance[v.Status] += v.Balance
+		}
+		got := l.VoucherStats()
+		if got.Count != want.Count || got.Balance != want.Balance {
+			t.Errorf("at %v: stats %v %v, want %v %v", at, got.Count, got.Balance, want.Count, want.Balance)
+		}
+	}
+}
