@@ -59,6 +59,7 @@ const (
 	routePayments
 	routeLines
 	routeAcknowledgement
+	routeCheckpoints
 	routeCount
 	routeUnmatched = routeCount // label of requests that match no route
 )
@@ -93,6 +94,7 @@ var routeTable = [routeCount]route{
 	routePayments:        {"GET", "/v1/settlement/batches/{batch_id}/payments.xml", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
 	routeLines:           {"GET", "/v1/settlement/batches/{batch_id}/lines.csv", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
 	routeAcknowledgement: {"POST", "/v1/settlement/batches/{batch_id}/acknowledgement", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
+	routeCheckpoints:     {"POST", "/v1/admin/checkpoints", roles(roleAdmin), (*call).serveCheckpoint, nil, 0},
 }
 
 func settlementEntry(c *call) { c.s.serveSettlement(c) }
