@@ -131,6 +131,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
 	cs = append(cs, s.led.Collectors()...)
+	cs = append(cs, s.opsCollectors()...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("cannot register metrics: %w", err)
