@@ -106,7 +106,14 @@ type qrKeySet struct {
 type qrKey struct {
 	id   int
 	text [2]byte
-	pool sync.Pool // of hash.Hash, HMAC-SHA256 keyed with this key
+	pool sync.Pool // of *qrHasher keyed with this key
+}
+
+// qrHasher is an HMAC-SHA256 state with room for its sum, so that summing
+// through the hash.Hash interface does not move a stack buffer to the heap.
+type qrHasher struct {
+	h   hash.Hash
+	out [sha256.Size]byte
 }
 
 // NewQRKeys builds the key set; lifetime is how long a minted token stays
@@ -143,7 +150,7 @@ func (k *QRKeys) Install(keys []QRKey) error {
 		secret := append([]byte(nil), key.Secret...)
 		qk := &qrKey{id: key.ID}
 		qk.text[0], qk.text[1] = crockford[key.ID>>5], crockford[key.ID&31]
-		qk.pool.New = func() any { return hmac.New(sha256.New, secret) }
+		qk.pool.New = func() any { return &qrHasher{h: hmac.New(sha256.New, secret)} }
 		set.byID[key.ID] = qk
 		if newest == nil || key.Created.After(newest.Created) ||
 			key.Created.Equal(newest.Created) && key.ID > newest.ID {
@@ -232,10 +239,10 @@ func (k *QRKeys) Verify(tok []byte) (ledger.Token, qrFault) {
 
 // sum computes the HMAC of msg with the key into out.
 func (q *qrKey) sum(msg []byte, out *[sha256.Size]byte) {
-	h := q.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write(msg)
-	h.Sum(out[:0])
+	h := q.pool.Get().(*qrHasher)
+	h.h.Reset()
+	h.h.Write(msg)
+	*out = [sha256.Size]byte(h.h.Sum(h.out[:0]))
 	q.pool.Put(h)
 }
 
