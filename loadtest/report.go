@@ -31,6 +31,11 @@ type Report struct {
 	Stores   int       `json:"stores"`
 	Terms    int       `json:"terminals"`
 	Setup    float64   `json:"setup_seconds"`
+	// Load is the machine's one-minute load average at the start and at
+	// the end of the timed phase, and CPUs its core count: a load above
+	// the core count means something else competed for the CPU.
+	Load [2]float64 `json:"load_average"`
+	CPUs int        `json:"cpus"`
 
 	// Redemptions counts redemption requests answered (approved or
 	// declined); RedemptionsPerSecond is the figure runs are compared by.

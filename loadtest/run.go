@@ -7,7 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"os"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,8 +222,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		"vouchers", cfg.Vouchers, "seconds", rep.Setup)
 
 	// The timed phase.
+	rep.CPUs = runtime.NumCPU()
+	rep.Load[0] = loadAverage()
 	elapsed := r.timed(ctx)
+	rep.Load[1] = loadAverage()
 	rep.Summarize(r.rec, elapsed)
+	if busy := max(rep.Load[0], rep.Load[1]); busy > float64(rep.CPUs) {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the machine was busy: load average %.1f on %d "+
+			"cores around the timed phase; other work competed for the CPU and the figures are noisy",
+			busy, rep.CPUs))
+	}
 	if n := r.inlineMints.Load(); n > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d QR tokens were minted inline because the "+
 			"pool was empty; their time is in qr_mint, not in the POS latency", n))
@@ -239,6 +250,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.judge()
 	return rep, nil
+}
+
+// loadAverage returns the one-minute load average, or 0 where
+// /proc/loadavg does not exist.
+func loadAverage() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _, _ := strings.Cut(string(data), " ")
+	v, _ := strconv.ParseFloat(f, 64)
+	return v
 }
 
 // judge lists what makes the run fail.

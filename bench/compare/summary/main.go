@@ -63,7 +63,7 @@ func run(args []string) error {
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "design\tmode\tredemptions/s\tapproved/s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tfailures\tbooks\tgateway ×\t")
+	fmt.Fprintln(tw, "design\tmode\tload\tredemptions/s\tapproved/s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tfailures\tbooks\tgateway ×\t")
 	gw := reps["gateway"]
 	for _, n := range names {
 		r := reps[n]
@@ -80,11 +80,12 @@ func run(args []string) error {
 			mode = fmt.Sprintf("open@%.0f", r.Rate)
 		}
 		o := r.Redemption
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n", n, mode,
-			r.RedemptionsPerSecond, r.ApprovedPerSecond, ms(o.P50), ms(o.P90), ms(o.P99), ms(o.P999),
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n", n, mode,
+			max(r.Load[0], r.Load[1]), r.RedemptionsPerSecond, r.ApprovedPerSecond, ms(o.P50), ms(o.P90), ms(o.P99), ms(o.P999),
 			ms(o.Max), r.Failures, books, ratio)
 	}
 	tw.Flush()
+	fmt.Println("(load: the higher one-minute load average around the run; above the core count, something else competed for the CPU)")
 
 	if gw == nil {
 		return nil
