@@ -120,14 +120,16 @@ func parseInt(v *fastjson.Value, field string) (int64, error) {
 	if len(digits) == 0 || len(digits) > 18 || digits[0] == '0' && len(digits) > 1 {
 		return 0, badJSON("%s must be an integer of at most 18 digits", field)
 	}
+	// At most 18 digits cannot overflow an int64.
+	var n int64
 	for _, d := range digits {
 		if d < '0' || d > '9' {
 			return 0, badJSON("%s must be an integer", field)
 		}
+		n = n*10 + int64(d-'0')
 	}
-	n, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		return 0, badJSON("%s must be an integer", field)
+	if len(digits) < len(raw) {
+		n = -n
 	}
 	return n, nil
 }
