@@ -366,10 +366,9 @@ func (r *run) schedule(ctx context.Context, start, deadline time.Time, queue cha
 			return
 		}
 		if d := at.Sub(cfg.Now()); d > 0 {
-			// A plain sleep: the run's context is checked on the send
-			// below, and a timer per request would cost more than the
-			// precision it buys at tens of thousands per second.
-			time.Sleep(d)
+			// A plain sleep, not a timer and a select: the run's
+			// context is checked on the send below.
+			preciseSleep(d)
 		}
 		select {
 		case queue <- scheduled{gen.Next(), at}:
