@@ -42,3 +42,8 @@ loadtest:
 # same redemption path; starts and stops everything itself.
 compare:
 	bench/compare/compare.sh
+
+# A long run of the ledger's randomized model test; SEED=N replays one.
+SOAK_OPS ?= 1000000
+soak:
+	AZYQ_SOAK_OPS=$(SOAK_OPS) $(GO) test -count=1 -timeout 60m -run '^TestModel$$' -v ./ledger/ $(if $(SEED),-seed $(SEED))
