@@ -525,8 +525,12 @@ func (s *server) redeem(ctx *fasthttp.RequestCtx, t terminal) {
 		code = "no_eligible_items"
 	}
 	if code != "" {
-		// Token faults are answered without touching storage: the
-		// gateway does the same before it locks a voucher.
+		// Token faults and baskets with nothing eligible are answered
+		// without touching storage, so they are not kept under the
+		// idempotency key: a retry gets the same body, but not the
+		// Idempotent-Replayed header. The comparison sends no retries;
+		// the contract's full replay rule is the gateway's, tested by
+		// the load test's idempotent_retry operation.
 		fail(ctx, 402, code, "declined")
 		return
 	}
