@@ -276,7 +276,7 @@ var fzSeeds = map[string][]string{
 		`{"name":"Magnum","bin":"260140001231","bank_bic":"hsbk","iban":"KZ00125KZT0000012345","discount_bp":1501}`,
 		`{"store_id":"S9","name":"x","bin":"260140001231","bank_bic":"HSBKKZKX","iban":"KZ89125KZT0000012345","discount_bp":0}`,
 	},
-	"FuzzTerminalBody": {`{"terminal_id":"T-new"}`, `{"terminal_id":"TS1"}`, `{"terminal_id":""}`, `{"terminal_id":"a/b"}`, `{}`},
+	"FuzzTerminalBody":        {`{"terminal_id":"T-new"}`, `{"terminal_id":"TS1"}`, `{"terminal_id":""}`, `{"terminal_id":"a/b"}`, `{}`},
 	"FuzzAcknowledgementBody": {`{"reference":"BANK-REF-1"}`, `{"reference":""}`, `{}`, `{"reference":1}`},
 	"FuzzCutoffBody":          {``, `{}`, `{"at":"2026-12-03T23:59:59+05:00"}`},
 }
