@@ -36,11 +36,13 @@
 // two-word name first, then the one-word name. run receives the global
 // settings in env (the API client, the data directory, stdout and stderr)
 // and the arguments after the command name; it parses its own flags with
-// env.flags(name), prints its own errors and returns the exit status. No
-// other file needs to change.
+// env.flags(name) and parse, calls the API through env.client(), prints its
+// own errors and returns the exit status. No other file needs to change.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -115,6 +117,10 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 
+	// sleep waits between retries; tests replace it to run without
+	// waiting.
+	sleep func(ctx context.Context, d time.Duration) error
+
 	// isTerminal reports whether stdout is an interactive terminal (progress
 	// bars are drawn only then).
 	isTerminal bool
@@ -134,6 +140,30 @@ func (e *env) flags(name string) *flag.FlagSet {
 	return fs
 }
 
+// parse parses a command's flags. It returns false with the exit status
+// when the command should stop: after -h (status 0) or a bad flag (2).
+func parse(fs *flag.FlagSet, args []string) (bool, int) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return false, exitOK
+		}
+		return false, exitUsage
+	}
+	return true, exitOK
+}
+
+// sleepContext waits for d or until ctx is done.
+func sleepContext(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // errorf prints a message prefixed with the program name to stderr.
 func (e *env) errorf(format string, args ...any) {
 	fmt.Fprintf(e.stderr, "gatewayctl: "+format+"\n", args...)
@@ -146,23 +176,33 @@ func main() {
 // run parses the global flags, finds the command and runs it. It is main
 // without os.Exit, so tests call it directly.
 func run(args []string, stdout, stderr io.Writer, isTerminal bool) int {
-	e := &env{stdout: stdout, stderr: stderr, isTerminal: isTerminal}
+	return runEnv(&env{stdout: stdout, stderr: stderr, isTerminal: isTerminal, sleep: sleepContext}, args)
+}
+
+// runEnv is run with the environment given; tests set its sleep and
+// output.
+func runEnv(e *env, args []string) int {
+	stderr := e.stderr
 
 	fs := flag.NewFlagSet("gatewayctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&e.addr, "addr", addrDefault, "gateway API base URL")
-	fs.StringVar(&e.token, "token", os.Getenv("GATEWAY_ADMIN_TOKEN"),
-		"bearer token for the API (default: env GATEWAY_ADMIN_TOKEN)")
+	// The token's default is read after parsing, not passed to StringVar,
+	// so that usage never prints it.
+	fs.StringVar(&e.token, "token", "", "bearer token for the API (default: env GATEWAY_ADMIN_TOKEN)")
 	fs.StringVar(&e.data, "data", "", "gateway data directory, for offline commands such as audit")
 	fs.DurationVar(&e.timeout, "timeout", timeoutDefault, "timeout of one HTTP request")
 	fs.Usage = func() { usage(stderr, fs) }
 	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
+		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
 		return exitUsage
 	}
 	e.addr = strings.TrimRight(e.addr, "/")
+	if e.token == "" {
+		e.token = os.Getenv("GATEWAY_ADMIN_TOKEN")
+	}
 
 	// Find the command: two words first, then one.
 	rest := fs.Args()
