@@ -1,8 +1,3 @@
-// Package deploy_test checks the operations material under deploy/ against
-// a real gateway: the alert rules (promtool), every PromQL query of the
-// alerts and the dashboard (each metric it names must be exported), the
-// metric names and labels themselves, and, end to end, a real Prometheus
-// scraping a gateway under load.
 package deploy_test
 
 import (
