@@ -294,7 +294,7 @@ func TestErrorCodes(t *testing.T) {
 	check(e.do("GET", "/v1/vouchers/nonsense", walletTok, ""), 404, "not_found")
 	check(e.do("GET", "/v1/redemptions/RD00000000000ZZ", adminTok, ""), 404, "not_found")
 	check(e.do("GET", "/v1/nothing", adminTok, ""), 404, "not_found")
-	check(e.do("GET", "/v1/settlement/batches", settlementTok, ""), 404, "not_found")
+	check(e.do("GET", "/v1/settlement/batches/B0000000001", settlementTok, ""), 404, "not_found")
 	r = e.do("DELETE", "/v1/catalogue", adminTok, "")
 	check(r, 405, "method_not_allowed")
 	if r.header.Get("Allow") != "GET" {

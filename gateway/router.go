@@ -60,6 +60,7 @@ const (
 	routeLines
 	routeAcknowledgement
 	routeCheckpoints
+	routeReconciliation
 	routeCount
 	routeUnmatched = routeCount // label of requests that match no route
 )
@@ -93,8 +94,9 @@ var routeTable = [routeCount]route{
 	routeBatch:           {"GET", "/v1/settlement/batches/{batch_id}", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
 	routePayments:        {"GET", "/v1/settlement/batches/{batch_id}/payments.xml", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
 	routeLines:           {"GET", "/v1/settlement/batches/{batch_id}/lines.csv", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
-	routeAcknowledgement: {"POST", "/v1/settlement/batches/{batch_id}/acknowledgement", roles(roleAdmin, roleSettlement), settlementEntry, nil, 0},
+	routeAcknowledgement: {"POST", "/v1/settlement/batches/{batch_id}/acknowledgement", roles(roleSettlement), settlementEntry, nil, 0},
 	routeCheckpoints:     {"POST", "/v1/admin/checkpoints", roles(roleAdmin), (*call).serveCheckpoint, nil, 0},
+	routeReconciliation:  {"GET", "/v1/settlement/reconciliation", roles(roleAdmin), settlementEntry, nil, 0},
 }
 
 func settlementEntry(c *call) { c.s.serveSettlement(c) }

@@ -20,6 +20,7 @@ import (
 
 	"azyq/domain"
 	"azyq/ledger"
+	"azyq/settlement"
 )
 
 // Config configures New. Ledger and QR are required.
@@ -39,6 +40,8 @@ type Config struct {
 	// InflightMax caps the API requests being served at once; more are
 	// answered 429 rate_limited with Retry-After. Zero means 4096.
 	InflightMax int
+	// Settlement keeps the settlement batches. Nil opens one over Ledger.
+	Settlement *settlement.Settlement
 }
 
 // inflightMaxDefault is InflightMax's default: far above what a 2-core
@@ -74,6 +77,8 @@ type Server struct {
 	qr   *QRKeys
 	log  *slog.Logger
 	met  *metrics
+
+	settle *settlement.Settlement // see settlement.go
 
 	// tokens holds the SHA-256 of each configured role token.
 	tokens [3]struct {
@@ -146,6 +151,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.met = met
+	if err := s.initSettlement(cfg.Settlement, reg); err != nil {
+		return nil, err
+	}
 
 	s.calls.New = func() any {
 		c := &call{s: s, buf: make([]byte, 0, 1024)}
