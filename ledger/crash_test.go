@@ -370,10 +370,14 @@ func TestPowerLoss(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[uint64]domain.Tiyn{}
 	stop := make(chan struct{})
+	perGoroutine := uint64(1_500)
+	if raceEnabled || testing.Short() {
+		perGoroutine = 150
+	}
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Go(func() {
-			for i := uint64(0); ; i++ {
+			for i := range perGoroutine {
 				select {
 				case <-stop:
 					return
@@ -392,8 +396,12 @@ func TestPowerLoss(t *testing.T) {
 			}
 		})
 	}
+	pause := 40
+	if raceEnabled || testing.Short() {
+		pause = 400
+	}
 	for round := range 5 {
-		time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
+		time.Sleep(time.Duration(5+rng.IntN(pause/5)) * time.Millisecond)
 		mu.Lock()
 		durable := maps.Clone(acked)
 		mu.Unlock()
