@@ -74,6 +74,18 @@ type Books struct {
 	Lapsed   domain.Tiyn            `json:"lapsed"`
 }
 
+// BatchTotals are a batch's own totals beside the sums over its shops,
+// which must be equal (invariant 5).
+type BatchTotals struct {
+	BatchID       string      `json:"batch_id"`
+	Gross         domain.Tiyn `json:"gross"`
+	Refunds       domain.Tiyn `json:"refunds"`
+	Net           domain.Tiyn `json:"net"`
+	StoresGross   domain.Tiyn `json:"stores_gross"`
+	StoresRefunds domain.Tiyn `json:"stores_refunds"`
+	StoresPaid    domain.Tiyn `json:"stores_paid"`
+}
+
 // Reconciliation is the accountants' report for a window of time.
 type Reconciliation struct {
 	From    time.Time      `json:"from"`
@@ -83,6 +95,7 @@ type Reconciliation struct {
 	Total   Figures        `json:"total"`
 	Cities  []CityFigures  `json:"cities"`
 	Stores  []StoreFigures `json:"stores"`
+	Batches []BatchTotals  `json:"batches"`
 	Books   Books          `json:"books"`
 }
 
@@ -94,7 +107,8 @@ func (s *Settlement) Reconcile(from, to time.Time) (*Reconciliation, error) {
 		return nil, invalid("from %s must be before to %s", from.Format(time.RFC3339), to.Format(time.RFC3339))
 	}
 	loc := s.prog.Location
-	r := &Reconciliation{From: from.In(loc), To: to.In(loc), Months: []string{}, Cutoffs: []string{}}
+	r := &Reconciliation{From: from.In(loc), To: to.In(loc), Months: []string{}, Cutoffs: []string{},
+		Batches: []BatchTotals{}}
 	cities := map[string]*CityFigures{}
 	city := func(name string) *Figures {
 		c := cities[name]
@@ -165,7 +179,11 @@ func (s *Settlement) Reconcile(from, to time.Time) (*Reconciliation, error) {
 			if err != nil {
 				return nil, err
 			}
+			bt := BatchTotals{BatchID: b.ID, Gross: b.Gross, Refunds: b.Refunds, Net: b.Net}
 			for _, st := range b.Stores {
+				bt.StoresGross += st.Gross
+				bt.StoresRefunds += st.Refunds
+				bt.StoresPaid += st.Paid
 				sf := store(st.StoreID)
 				for _, f := range []*Figures{&r.Total, city(sf.City), &sf.Figures} {
 					f.Gross += st.Gross
@@ -175,6 +193,7 @@ func (s *Settlement) Reconcile(from, to time.Time) (*Reconciliation, error) {
 					f.Settled += st.Paid
 				}
 			}
+			r.Batches = append(r.Batches, bt)
 		}
 		err := s.l.Movements(c.FromPeriod, c.ToPeriod, func(m *ledger.Movement) error {
 			sf := store(m.StoreID)
@@ -221,8 +240,8 @@ func (s *Settlement) Reconcile(from, to time.Time) (*Reconciliation, error) {
 
 // Check verifies the report's identities and returns every one that fails:
 // for the total and each city, issued = balances + net redeemed + lapsed;
-// for the total, each city and each shop, the batch records agree with the
-// journal (gross = redeemed, refunds = refunded, settled + carried out −
+// each batch's totals are the sums over its shops; for the total, each
+// city and each shop, the batch records agree with the journal (gross = redeemed, refunds = refunded, settled + carried out −
 // carried in = redeemed − refunded); and the books' accounts, vouchers
 // included, sum to zero with issued = balances + net redeemed + lapsed
 // overall. gatewayctl reconcile runs the same checks on what it downloads.
@@ -252,6 +271,12 @@ func (r *Reconciliation) Check() []string {
 	}
 	for i := range r.Stores {
 		shops("store "+r.Stores[i].StoreID, &r.Stores[i].Figures)
+	}
+	for _, b := range r.Batches {
+		if b.Gross != b.StoresGross || b.Refunds != b.StoresRefunds || b.Net != b.StoresPaid {
+			problems = append(problems, fmt.Sprintf("batch %s: gross %d, refunds %d, net %d, but its shops sum to %d, %d, paid %d",
+				b.BatchID, b.Gross, b.Refunds, b.Net, b.StoresGross, b.StoresRefunds, b.StoresPaid))
+		}
 	}
 	sum := r.Books.Vouchers
 	for _, v := range r.Books.Accounts {

@@ -17,7 +17,10 @@ import (
 	"azyq/ledger"
 )
 
-const testAdminToken = "admin-test-token"
+const (
+	testAdminToken      = "admin-test-token"
+	testSettlementToken = "settlement-test-token"
+)
 
 // testNow is the instant the test gateways live at: inside December 2026,
 // whose vouchers can be issued and activated.
@@ -58,7 +61,7 @@ func startGateway(t *testing.T, prog *domain.Programme) *testGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.srv, err = gateway.New(gateway.Config{Ledger: led, QR: qr, AdminToken: testAdminToken})
+	g.srv, err = gateway.New(gateway.Config{Ledger: led, QR: qr, AdminToken: testAdminToken, SettlementToken: testSettlementToken})
 	if err != nil {
 		t.Fatal(err)
 	}
