@@ -444,4 +444,3 @@ func dfAudit(t *testing.T, dir string, fs vfs.FS) {
 		t.Fatal("the audit found violations")
 	}
 }
-
