@@ -21,7 +21,9 @@ func init() {
 		usage: "audit [--data DIR] [--program FILE] [--json]\n\n" +
 			"Opens DIR/ledger (or DIR itself when it holds the ledger) read-only; gatewayd\n" +
 			"must be stopped. Pass the --program file gatewayd runs with, so face values\n" +
-			"are checked against the same MRP table. Exit status 1 on any violation.",
+			"are checked against the same MRP table. A checkpoint taken with\n" +
+			"POST /v1/admin/checkpoints is a stopped data directory too:\n" +
+			"gatewayctl audit --data DATA/checkpoints/NAME. Exit status 1 on any violation.",
 		run: runAudit,
 	})
 }
