@@ -182,7 +182,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	hkDone := make(chan struct{})
 	go func() {
 		defer close(hkDone)
+		// Scheduled cut-offs beside the housekeeping; the first runs at
+		// once if one was missed while the gateway was down.
+		cutDone := make(chan struct{})
+		go func() {
+			defer close(cutDone)
+			s.Settlement().Run(hkCtx)
+		}()
 		gateway.Housekeep(hkCtx, led, gateway.SystemClock{}, log)
+		<-cutDone
 	}()
 
 	log.Info("gateway ready", "listen", ln.Addr().String(), "ops_listen", opsLn.Addr().String(),
