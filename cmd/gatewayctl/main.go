@@ -50,6 +50,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/term"
 )
 
 // command is one gatewayctl subcommand.
@@ -265,9 +267,7 @@ func usage(w io.Writer, fs *flag.FlagSet) {
 	fs.PrintDefaults()
 }
 
-// stdoutIsTerminal reports whether stdout is a character device (a terminal)
-// rather than a file or a pipe.
-func stdoutIsTerminal() bool {
-	fi, err := os.Stdout.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
+// stdoutIsTerminal reports whether stdout is an interactive terminal rather
+// than a file, a pipe or /dev/null (a character device, but not a
+// terminal).
+func stdoutIsTerminal() bool { return term.IsTerminal(int(os.Stdout.Fd())) }
