@@ -271,6 +271,6 @@ func appendLine(row []byte, m *ledger.Movement) []byte {
 	row = append(row, ',')
 	row = strconv.AppendInt(row, int64(m.Amount), 10)
 	row = append(row, ',')
-	row = m.CreatedAt.AppendFormat(row, time.RFC3339Nano)
+	row = m.CreatedAt.AppendFormat(row, time.RFC3339) // as the API writes created_at
 	return append(row, '\n')
 }

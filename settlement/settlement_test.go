@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"azyq/domain"
 	"azyq/ledger"
@@ -754,4 +755,44 @@ func TestListPages(t *testing.T) {
 			t.Errorf("List(%+v) accepted", bad)
 		}
 	}
+}
+
+// TestLateBatchMetrics protects the alerting gauges: a batch left
+// unacknowledged past the programme's ack_deadline shows as late with its
+// age, and stops counting once acknowledged.
+func TestLateBatchMetrics(t *testing.T) {
+	f := newFixture(t)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(f.s.Collectors()...)
+	f.shop("S1", "HSBKKZKX")
+	v := f.vouchers("F", 1)
+	f.redeem(v[0], "S1", 100)
+	id := f.cutoff().Batches[0]
+
+	f.clock.Set(f.clock.Now().Add(f.prog.AckDeadline + time.Hour))
+	want := func(unacked, late float64, age time.Duration) {
+		t.Helper()
+		got := map[string]float64{}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if m := mf.GetMetric(); len(m) == 1 && m[0].GetGauge() != nil {
+				got[mf.GetName()] = m[0].GetGauge().GetValue()
+			}
+		}
+		if got["azyq_settlement_unacknowledged_batches"] != unacked || got["azyq_settlement_late_batches"] != late ||
+			got["azyq_settlement_oldest_unacknowledged_age_seconds"] != age.Seconds() {
+			t.Fatalf("gauges %v", got)
+		}
+		if got["azyq_settlement_unsettled_tiyn"] != 0 || got["azyq_settlement_last_cutoff_timestamp_seconds"] == 0 {
+			t.Fatalf("gauges %v", got)
+		}
+	}
+	want(1, 1, f.prog.AckDeadline+time.Hour)
+	if _, err := f.s.Acknowledge(id, "R"); err != nil {
+		t.Fatal(err)
+	}
+	want(0, 0, 0)
 }
