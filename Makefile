@@ -3,7 +3,7 @@ GO ?= go
 PKGS := ./...
 RACE_PKGS := ./ledger/... ./gateway/...
 
-.PHONY: build test test-race test-short bench run lint fmt soak fuzz loadtest compare
+.PHONY: build test test-race test-short bench run lint fmt soak fuzz fuzz-short loadtest compare
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -47,3 +47,22 @@ compare:
 SOAK_OPS ?= 1000000
 soak:
 	AZYQ_SOAK_OPS=$(SOAK_OPS) $(GO) test -count=1 -timeout 60m -run '^TestModel$$' -v ./ledger/ $(if $(SEED),-seed $(SEED))
+
+# Explore every fuzz target (stored records, request bodies, QR tokens, the
+# registry CSV import) for FUZZTIME each. A failing input is written to the
+# package's testdata/fuzz/<Target>/ and then fails `make test` until fixed.
+# `go test` alone runs only the seed corpora.
+FUZZTIME ?= 30s
+FUZZ_PKGS := ./ledger ./gateway ./cmd/gatewayctl
+fuzz:
+	@set -e; for pkg in $(FUZZ_PKGS); do \
+		list=$$($(GO) test -list '^Fuzz' $$pkg) || { echo "$$list"; exit 1; }; \
+		for target in $$(echo "$$list" | grep '^Fuzz'); do \
+			echo "== $$pkg $$target for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+# Every fuzz target briefly, for CI.
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=5s
