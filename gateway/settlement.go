@@ -189,19 +189,20 @@ func (s *Server) serveAcknowledgement(c *call) {
 func (s *Server) serveReconciliation(c *call) {
 	args := c.ctx.QueryArgs()
 	from, err := s.parseBound(args.Peek("from"), "from")
+	var to time.Time
 	if err == nil {
-		var to time.Time
-		if to, err = s.parseBound(args.Peek("to"), "to"); err == nil {
-			var r *settlement.Reconciliation
-			if r, err = s.settle.Reconcile(from, to); err == nil {
-				c.replyJSON(200, r)
-				return
-			}
-			c.failErr(err)
-			return
-		}
+		to, err = s.parseBound(args.Peek("to"), "to")
 	}
-	c.fail(codeInvalidRequest, err.Error())
+	if err != nil {
+		c.fail(codeInvalidRequest, err.Error())
+		return
+	}
+	r, err := s.settle.Reconcile(from, to)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	c.replyJSON(200, r)
 }
 
 func (s *Server) parseBound(v []byte, name string) (time.Time, error) {
