@@ -259,8 +259,16 @@ func (r *voucherRecord) encode(b []byte) []byte {
 }
 
 func decodeVoucher(b []byte) (voucherRecord, error) {
-	d := decoder{b: b}
 	var r voucherRecord
+	family, city, err := decodeVoucherInto(b, &r)
+	r.familyID, r.city = string(family), string(city)
+	return r, err
+}
+
+// decodeVoucherInto decodes a voucher record into r, except its family id
+// and city, which it returns as views into b.
+func decodeVoucherInto(b []byte, r *voucherRecord) (family, city []byte, err error) {
+	d := decoder{b: b}
 	if d.u8() != voucherRecordV1 {
 		d.fail()
 	}
@@ -272,13 +280,13 @@ func decodeVoucher(b []byte) (voucherRecord, error) {
 	r.spent = d.tiyn()
 	r.lapsed = d.tiyn()
 	r.activatedAt = d.time()
-	r.familyID = d.str()
-	r.city = d.str()
+	family = d.bytes()
+	city = d.bytes()
 	if d.err == nil && (r.state > stateLapsed || r.members == 0 || r.balance < 0 ||
 		r.face != r.balance+r.spent+r.lapsed) {
 		d.fail()
 	}
-	return r, d.finish("voucher record")
+	return family, city, d.finish("voucher record")
 }
 
 // encodeRedemption writes the full record of a redemption.

@@ -71,8 +71,9 @@ type Ledger struct {
 	// index and the city table.
 	issue struct {
 		sync.Mutex
-		families map[domain.Month]map[string]VoucherID
+		families familyIndex
 		cityIDs  map[string]uint16
+		strings  stringSlab // family ids of the vouchers
 	}
 	cities atomic.Pointer[[]string] // city names by id; grows copy-on-write
 
@@ -116,7 +117,7 @@ func Open(cfg Config) (*Ledger, error) {
 	l.nonces.init()
 	l.idem.init()
 	l.accounts.init()
-	l.issue.families = make(map[domain.Month]map[string]VoucherID)
+	l.issue.families.init()
 	l.issue.cityIDs = make(map[string]uint16)
 	l.cities.Store(&[]string{})
 	l.stores.Store(&map[string]*storeState{})

@@ -931,3 +931,49 @@ type quietPebble struct{}
 func (quietPebble) Infof(string, ...any)           {}
 func (quietPebble) Errorf(string, ...any)          {}
 func (quietPebble) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }
+
+// TestFamilyIndexAtScale protects the family index through its growth and
+// recovery: thousands of families over several months, issued again
+// before and after a restart, each finding its own voucher.
+func TestFamilyIndexAtScale(t *testing.T) {
+	f := newFixture(t)
+	months := []domain.Month{nov2026, dec2026, domain.MakeMonth(2025, time.March)}
+	const families = 3_000
+	rows := make([]Family, families)
+	for i := range rows {
+		rows[i] = Family{FamilyID: fmt.Sprintf("F-%d", i), Members: 1 + i%30}
+	}
+	ids := map[domain.Month][]VoucherID{}
+	for _, m := range months {
+		out, err := f.l.Issue(m, rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range out {
+			if !o.Created {
+				t.Fatalf("%s: %+v not created", m, o)
+			}
+			ids[m] = append(ids[m], o.Voucher.ID)
+		}
+	}
+	for pass := range 2 {
+		for _, m := range months {
+			out, err := f.l.Issue(m, rows)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, o := range out {
+				if o.Created || o.Voucher.ID != ids[m][i] || o.Voucher.FamilyID != rows[i].FamilyID || o.Voucher.Month != m {
+					t.Fatalf("pass %d, %s, row %d: %+v, want %s", pass, m, i, o, ids[m][i])
+				}
+			}
+			if v, err := f.l.VoucherByFamily(m, "F-1234"); err != nil || v.ID != ids[m][1234] {
+				t.Fatalf("VoucherByFamily: %+v, %v", v, err)
+			}
+		}
+		f.reopen()
+	}
+	if n := f.l.vouchers.len(); n != families*len(months) {
+		t.Fatalf("%d vouchers, want %d", n, families*len(months))
+	}
+}

@@ -123,7 +123,6 @@ func (l *Ledger) IssueBy(who Actor, month domain.Month, families []Family) ([]Is
 // issueChunkLocked issues one Pebble batch worth of families and returns
 // how many vouchers it created.
 func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Family, out []Issued, now time.Time) (int, error) {
-	index := l.issue.families[month]
 	next := VoucherID(l.vouchers.len()) + 1
 	cities := *l.cities.Load()
 	var fresh []VoucherID
@@ -133,7 +132,7 @@ func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Fami
 	var issued domain.Tiyn
 	for i := range families {
 		f := &families[i]
-		if id, ok := index[f.FamilyID]; ok {
+		if id := l.issue.families.find(&l.vouchers, month, f.FamilyID); id != 0 {
 			out[i] = Issued{Voucher: l.mustView(id, now)}
 			continue
 		}
@@ -153,7 +152,7 @@ func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Fami
 		v := l.vouchers.slot(id)
 		v.voucherData = voucherData{
 			state: stateIssued, members: uint8(f.Members), city: cityID, month: month,
-			balance: face, face: face, familyID: f.FamilyID,
+			balance: face, face: face, familyID: l.issue.strings.cloneString(f.FamilyID),
 		}
 		rec := v.recordLocked(cities)
 		b.Set(voucherKey(nil, id), rec.encode(nil), nil)
@@ -182,12 +181,8 @@ func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Fami
 
 	// Durable: publish the cities, the vouchers and the family index.
 	l.cities.Store(&cities)
-	if index == nil {
-		index = make(map[string]VoucherID)
-		l.issue.families[month] = index
-	}
 	for _, id := range fresh {
-		index[l.vouchers.slot(id).familyID] = id
+		l.issue.families.insert(&l.vouchers, id)
 	}
 	l.vouchers.publish(next - 1)
 	l.accounts.add(AccountProgramme, -issued)
@@ -227,9 +222,9 @@ func (l *Ledger) mustView(id VoucherID, now time.Time) Voucher {
 // VoucherByFamily returns the voucher of a family for a month.
 func (l *Ledger) VoucherByFamily(month domain.Month, familyID string) (Voucher, error) {
 	l.issue.Lock()
-	id, ok := l.issue.families[month][familyID]
+	id := l.issue.families.find(&l.vouchers, month, familyID)
 	l.issue.Unlock()
-	if !ok {
+	if id == 0 {
 		return Voucher{}, refuse(CodeNotFound, "family %q has no voucher for %s", familyID, month)
 	}
 	return l.Voucher(id)
@@ -269,7 +264,9 @@ func (l *Ledger) Activate(id VoucherID) (Voucher, error) {
 	if err := l.commit(b); err != nil {
 		return Voucher{}, err
 	}
-	v.voucherData = next
+	// Only the fields that change: the month and family id are read
+	// without the lock by the family index and the lapse.
+	v.state, v.activatedAt = next.state, next.activatedAt
 	return l.viewLocked(id, v, now), nil
 }
 
@@ -287,13 +284,16 @@ func (l *Ledger) Lapse(month domain.Month) (int, domain.Tiyn, error) {
 		return 0, 0, refuse(CodeConflict, "month %s cannot lapse before %s", month,
 			l.prog.SpendUntil(month).Format(time.RFC3339))
 	}
+	// A voucher's month never changes once it is published, so it is
+	// read without the voucher's lock.
 	l.issue.Lock()
-	ids := make([]VoucherID, 0, len(l.issue.families[month]))
-	for _, id := range l.issue.families[month] {
-		ids = append(ids, id)
+	ids := make([]VoucherID, 0, l.issue.families.months[month])
+	for id := VoucherID(1); int(id) <= l.vouchers.len(); id++ {
+		if l.vouchers.get(id).month == month {
+			ids = append(ids, id)
+		}
 	}
 	l.issue.Unlock()
-	slices.Sort(ids)
 
 	count, total := 0, domain.Tiyn(0)
 	for lo := 0; lo < len(ids); lo += lapseBatchMax {
@@ -363,7 +363,7 @@ func (l *Ledger) lapseChunk(ids []VoucherID) (int, domain.Tiyn, error) {
 func (l *Ledger) LapseDue() error {
 	l.issue.Lock()
 	var months []domain.Month
-	for m := range l.issue.families {
+	for m := range l.issue.families.months {
 		months = append(months, m)
 	}
 	l.issue.Unlock()
