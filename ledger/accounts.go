@@ -78,9 +78,14 @@ func (a *accounts) snapshot() map[string]domain.Tiyn {
 
 // postAccount adds a merge of delta to an account into b.
 func postAccount(b *pebble.Batch, name string, delta domain.Tiyn) {
+	postAccountKey(b, accountKey(name), delta)
+}
+
+// postAccountKey is postAccount with the account's key already built.
+func postAccountKey(b *pebble.Batch, key []byte, delta domain.Tiyn) {
 	var v [8]byte
 	binary.LittleEndian.PutUint64(v[:], uint64(delta))
-	if err := b.Merge(accountKey(name), v[:], nil); err != nil {
+	if err := b.Merge(key, v[:], nil); err != nil {
 		panic(fmt.Sprintf("BUG: cannot merge into batch: %v", err))
 	}
 }

@@ -37,6 +37,13 @@ var versionKey = []byte("!format")
 
 var errCorrupt = errors.New("corrupt record")
 
+// Lengths of the fixed-size keys.
+const (
+	voucherKeyLen  = 1 + 4
+	movementKeyLen = 1 + 8
+	periodKeyLen   = 1 + 8 + 8
+)
+
 func voucherKey(b []byte, id VoucherID) []byte {
 	return binary.BigEndian.AppendUint32(append(b, tableVoucher), uint32(id))
 }

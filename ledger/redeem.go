@@ -188,21 +188,31 @@ func (l *Ledger) commitRedemptionLocked(v *voucher, req *RedeemRequest, st *stor
 	next.balance -= approved
 	next.spent += approved
 
+	// Every Set copies its key and value into the batch, so one pooled
+	// scratch buffer holds each key and value in turn: no allocation per
+	// record on this path.
 	buf := getBuf()
 	defer putBuf(buf)
 	b := l.db.NewBatch()
 	rec := next.recordLocked(*l.cities.Load())
-	*buf = rec.encode((*buf)[:0])
-	b.Set(voucherKey(nil, red.Voucher), *buf, nil)
-	b.Set(movementKey(nil, red.Seq), encodeRedemption(nil, red), nil)
+	k := voucherKey((*buf)[:0], red.Voucher)
+	k = rec.encode(k)
+	b.Set(k[:voucherKeyLen], k[voucherKeyLen:], nil)
+	k = movementKey(k[:0], red.Seq)
+	k = encodeRedemption(k, red)
+	b.Set(k[:movementKeyLen], k[movementKeyLen:], nil)
 	mv := Movement{
 		Kind: KindRedemption, Seq: red.Seq, Period: red.Period, Redemption: red.Seq,
 		Voucher: red.Voucher, StoreID: red.StoreID, TerminalID: red.TerminalID,
 		Amount: approved, CreatedAt: now,
 	}
-	b.Set(periodKey(nil, red.Period, red.Seq), encodeSummary(nil, &mv), nil)
-	b.Set(usedTokenKey(nil, req.Token), nil, nil)
-	postAccount(b, AccountStore(req.StoreID), approved)
+	k = periodKey(k[:0], red.Period, red.Seq)
+	k = encodeSummary(k, &mv)
+	b.Set(k[:periodKeyLen], k[periodKeyLen:], nil)
+	k = usedTokenKey(k[:0], req.Token)
+	b.Set(k, nil, nil)
+	postAccountKey(b, st.payableKey, approved)
+	*buf = k
 	if req.Idem != nil {
 		req.Idem.write(b, req.Render(red, nil), now)
 	}

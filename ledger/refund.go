@@ -100,7 +100,7 @@ func (l *Ledger) commitRefundLocked(v *voucher, st *storeState, red *Redemption,
 	}
 	b.Set(periodKey(nil, ref.Period, ref.Seq), encodeSummary(nil, &mv), nil)
 	b.Set(refundIndexKey(nil, red.Seq, ref.Seq), nil, nil)
-	postAccount(b, AccountStore(req.StoreID), -req.Amount)
+	postAccountKey(b, st.payableKey, -req.Amount)
 	if ref.CreditedTo == CreditVoucher {
 		rec := next.recordLocked(*l.cities.Load())
 		b.Set(voucherKey(nil, ref.Voucher), rec.encode(nil), nil)

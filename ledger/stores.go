@@ -13,8 +13,9 @@ import (
 // storeState is a shop as the redemption path sees it: its current details
 // and its payable account, both reachable without a lock.
 type storeState struct {
-	info    atomic.Pointer[Store]
-	payable *atomic.Int64
+	info       atomic.Pointer[Store]
+	payable    *atomic.Int64
+	payableKey []byte // the payable account's key, built once
 }
 
 // terminalIndex finds terminals by id and by key hash. It is replaced whole
@@ -100,7 +101,7 @@ func (l *Ledger) installStore(s Store) {
 		st.info.Store(&s)
 		return
 	}
-	st := &storeState{payable: l.accounts.get(AccountStore(s.ID))}
+	st := &storeState{payable: l.accounts.get(AccountStore(s.ID)), payableKey: accountKey(AccountStore(s.ID))}
 	st.info.Store(&s)
 	grown := make(map[string]*storeState, len(old)+1)
 	for k, v := range old {
