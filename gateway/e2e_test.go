@@ -151,6 +151,16 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("basket redemption: %s", r)
 	}
 
+	// A partial redemption above the balance takes the whole balance.
+	rich := e.voucher("F-PARTIAL", 1)
+	r = e.do("POST", "/v1/redemptions", term, fmt.Sprintf(`{"qr":%q,"amount":500000,"partial":true}`, e.qr(rich)),
+		"Idempotency-Key", newKey())
+	var part redemptionOut
+	r.decode(t, &part)
+	if r.status != 201 || part.Requested != 500_000 || part.Approved != 432_500 || part.Balance != 0 {
+		t.Fatalf("partial redemption: %s", r)
+	}
+
 	// Reading the redemption back gives every field of its 201, plus
 	// refunded; a refund goes back to the voucher.
 	r = e.do("GET", "/v1/redemptions/"+red.RedemptionID, term, "")

@@ -173,7 +173,7 @@ func (c *call) failErr(err error) {
 		return
 	}
 	c.s.log.Error("request failed", "route", c.route.pattern, "request_id", string(c.rid), "err", err)
-	c.fail(codeInternal, "internal error; the request changed nothing it reported")
+	c.fail(codeInternal, "internal error; the gateway's log has the details under this request_id")
 }
 
 // reply sends a JSON body with a status.
