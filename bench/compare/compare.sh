@@ -128,7 +128,9 @@ loadtest() { # name addr [extra flags]
 	shift 2
 	wait_http "http://$addr/v1/vouchers/x"
 	log "load test: $name at $addr ($(uptime | sed 's/.*load/load/'))"
-	"$TMP/bin/loadtest" --addr "$addr" --admin-token $ADMIN --wallet-token $WALLET \
+	# The load test bounds itself; timeout is the backstop for a set-up
+	# that hangs on a server that stopped answering.
+	timeout --signal=INT --kill-after=30 600 "$TMP/bin/loadtest" --addr "$addr" --admin-token $ADMIN --wallet-token $WALLET \
 		--label "$name" --mix redemptions --workers "$WORKERS" --vouchers "$VOUCHERS" \
 		--qr-per-voucher 4 --duration "$DURATION" --quiet \
 		--json "$OUT/$name.json" --html "$OUT/$name.html" "$@" >"$OUT/$name.txt" 2>"$TMP/lt-$name.log" \
