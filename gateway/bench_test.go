@@ -113,11 +113,11 @@ func (g *benchGateway) serve(tb testing.TB, ctx *fasthttp.RequestCtx, body, key 
 
 // redemptionAllocsMax bounds the allocations of one approved redemption
 // through the handler, the ledger's reservation and commit included. It
-// measured 18-20 (the ledger's maps grow now and then): one is the
+// measured 10-12 (the ledger's maps grow now and then): one is the
 // gateway's (the Idempotency-Key as a string for the ledger), the rest the
 // ledger's (records, keys, the batch). A change that adds allocations to
 // the hot path fails here.
-const redemptionAllocsMax = 22
+const redemptionAllocsMax = 14
 
 // TestRedemptionAllocs pins the allocations of the redemption handler.
 func TestRedemptionAllocs(t *testing.T) {
