@@ -977,3 +977,23 @@ func TestFamilyIndexAtScale(t *testing.T) {
 		t.Fatalf("%d vouchers, want %d", n, families*len(months))
 	}
 }
+
+// TestCityLimit protects the city table's limit: an issuance that would
+// pass it is refused whole, before anything is written.
+func TestCityLimit(t *testing.T) {
+	f := newFixture(t)
+	rows := make([]Family, citiesMax+1)
+	for i := range rows {
+		rows[i] = Family{FamilyID: fmt.Sprintf("F%d", i), Members: 1, City: fmt.Sprintf("C%d", i)}
+	}
+	if _, err := f.l.Issue(dec2026, rows); code(err) != CodeInvalid {
+		t.Fatalf("%d cities: %v", len(rows), err)
+	}
+	if n := f.l.vouchers.len(); n != 0 || len(f.l.issue.cityIDs) != 0 {
+		t.Fatalf("refused issuance left %d vouchers, %d cities", n, len(f.l.issue.cityIDs))
+	}
+	v := f.issueOne(dec2026, "F1", 1)
+	if got, _ := f.l.Voucher(v.ID); got.City != "Pavlodar" {
+		t.Fatalf("city %q", got.City)
+	}
+}

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -99,6 +100,9 @@ func (l *Ledger) IssueBy(who Actor, month domain.Month, families []Family) ([]Is
 
 	l.issue.Lock()
 	defer l.issue.Unlock()
+	if r := l.checkCitiesLocked(families); r != nil {
+		return nil, r
+	}
 	now := l.now()
 	out := make([]Issued, len(families))
 	created := 0
@@ -118,6 +122,22 @@ func (l *Ledger) IssueBy(who Actor, month domain.Month, families []Family) ([]Is
 		}
 	}
 	return out, nil
+}
+
+// checkCitiesLocked refuses an issuance that would grow the city table past
+// its limit, before anything of it is written.
+func (l *Ledger) checkCitiesLocked(families []Family) *Refusal {
+	fresh := map[string]bool{}
+	for i := range families {
+		if _, ok := l.issue.cityIDs[families[i].City]; !ok {
+			fresh[families[i].City] = true
+		}
+	}
+	if n := len(*l.cities.Load()); n+len(fresh) > citiesMax {
+		return refuse(CodeInvalid, "the ledger knows %d cities; %d more would pass the limit of %d",
+			n, len(fresh), citiesMax)
+	}
+	return nil
 }
 
 // issueChunkLocked issues one Pebble batch worth of families and returns
@@ -284,16 +304,24 @@ func (l *Ledger) Lapse(month domain.Month) (int, domain.Tiyn, error) {
 		return 0, 0, refuse(CodeConflict, "month %s cannot lapse before %s", month,
 			l.prog.SpendUntil(month).Format(time.RFC3339))
 	}
+	l.issue.Lock()
+	defer l.issue.Unlock()
+	return l.lapseLocked(month)
+}
+
+// lapseLocked lapses a month whose spending has ended. It holds the
+// issuance lock throughout, so that no voucher of the month is issued
+// between the collection of its vouchers and the month's lapse mark: such
+// a voucher would be left out, and the mark would hide it from LapseDue.
+func (l *Ledger) lapseLocked(month domain.Month) (int, domain.Tiyn, error) {
 	// A voucher's month never changes once it is published, so it is
 	// read without the voucher's lock.
-	l.issue.Lock()
 	ids := make([]VoucherID, 0, l.issue.families.months[month])
 	for id := VoucherID(1); int(id) <= l.vouchers.len(); id++ {
 		if l.vouchers.get(id).month == month {
 			ids = append(ids, id)
 		}
 	}
-	l.issue.Unlock()
 
 	count, total := 0, domain.Tiyn(0)
 	for lo := 0; lo < len(ids); lo += lapseBatchMax {
@@ -361,25 +389,28 @@ func (l *Ledger) lapseChunk(ids []VoucherID) (int, domain.Tiyn, error) {
 // LapseDue lapses every month whose spending has ended and that has not
 // lapsed yet. The gateway calls it on a timer.
 func (l *Ledger) LapseDue() error {
-	l.issue.Lock()
-	var months []domain.Month
-	for m := range l.issue.families.months {
-		months = append(months, m)
+	if err := l.check(); err != nil {
+		return err
 	}
-	l.issue.Unlock()
-	slices.Sort(months)
+	// The issuance lock is held throughout: every write of a lapse mark
+	// (Lapse) or of its removal (issuance) holds it through its sync, so
+	// the mark read here is durable (invariant 2).
+	l.issue.Lock()
+	defer l.issue.Unlock()
+	months := slices.Sorted(maps.Keys(l.issue.families.months))
 	now := l.now()
 	for _, m := range months {
 		if now.Before(l.prog.SpendUntil(m)) {
 			continue
 		}
-		if _, done, err := l.get(lapseKey(m)); err != nil || done {
-			if err != nil {
-				return err
-			}
+		_, done, err := l.get(lapseKey(m))
+		if err != nil {
+			return err
+		}
+		if done {
 			continue
 		}
-		if _, _, err := l.Lapse(m); err != nil {
+		if _, _, err := l.lapseLocked(m); err != nil {
 			return err
 		}
 	}
