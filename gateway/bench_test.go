@@ -124,6 +124,9 @@ func TestRedemptionAllocs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("syncs a hundred commits")
 	}
+	if raceEnabled {
+		t.Skip("the race detector changes allocation counts")
+	}
 	g := newBenchGateway(t, 4)
 	const runs = 100
 	bodies, keys := g.requests(t, runs+1)
