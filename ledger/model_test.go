@@ -174,7 +174,7 @@ func (m *model) redeem(req *RedeemRequest, now time.Time) (approved, balance dom
 	v := m.voucher(req.Token.Voucher)
 	switch {
 	case v == nil:
-		return 0, 0, CodeNotFound
+		return 0, 0, CodeQRInvalid
 	case !now.Before(req.Token.Expires):
 		return 0, 0, CodeQRExpired
 	case m.used[usedToken{req.Token.Voucher, req.Token.Nonce}]:

@@ -130,7 +130,8 @@ func (l *Ledger) Redeem(req *RedeemRequest) (*Redemption, error) {
 
 	v := l.vouchers.get(req.Token.Voucher)
 	if v == nil {
-		return nil, l.declineRedemption(req, refuse(CodeNotFound, "voucher %s does not exist", req.Token.Voucher))
+		return nil, l.declineRedemption(req, refuse(CodeQRInvalid,
+			"this QR code names voucher %s, which does not exist", req.Token.Voucher))
 	}
 	now := l.now().In(l.prog.Location)
 	v.mu.Lock()
@@ -250,7 +251,7 @@ func (l *Ledger) Balance(t Token) (Voucher, error) {
 	}
 	v := l.vouchers.get(t.Voucher)
 	if v == nil {
-		return Voucher{}, refuse(CodeNotFound, "voucher %s does not exist", t.Voucher)
+		return Voucher{}, refuse(CodeQRInvalid, "this QR code names voucher %s, which does not exist", t.Voucher)
 	}
 	now := l.now()
 	v.mu.Lock()

@@ -107,7 +107,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{
+		Level:       slog.LevelInfo,
+		ReplaceAttr: readableDurations,
+	}))
 	start := time.Now()
 
 	prog, err := domain.LoadProgramme(o.program)
@@ -279,4 +282,13 @@ func settleTokens(o *options, secrets *gateway.Secrets, stdout io.Writer) (roleT
 			filepath.Join(o.data, gateway.SecretsFile), strings.Join(generated, "\n"))
 	}
 	return t, nil
+}
+
+// readableDurations writes durations as "840ms" rather than as integer
+// nanoseconds, so a lifecycle line reads as it would be said.
+func readableDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().Round(time.Microsecond).String())
+	}
+	return a
 }
