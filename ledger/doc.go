@@ -38,7 +38,10 @@
 //  3. A failed commit or sync stops the ledger (fail-stop): every later call
 //     returns ErrUnavailable. Memory was not changed by the failed call, but
 //     Pebble may hold the batch unsynced, so nothing is served again until a
-//     restart rebuilds memory from what is on disk.
+//     restart rebuilds memory from what is on disk. Pebble reports a failed
+//     WAL write or sync by calling its logger's Fatalf in the committing
+//     goroutine; the commit recovers that panic into this stop. Raised in
+//     a background flush or compaction, it ends the process instead.
 //  4. Per voucher: face value = balance + spent + lapsed, balance ≥ 0, where
 //     spent is what it paid net of refunds credited back.
 //  5. Double entry: voucher balances plus every named account (programme,
