@@ -596,7 +596,7 @@ func (r *modelRun) balance() {
 	want := CodeNone
 	switch {
 	case r.m.voucher(id) == nil:
-		want = CodeNotFound
+		want = CodeQRInvalid
 	case !r.now().Before(tok.Expires):
 		want = CodeQRExpired
 	case r.m.used[usedToken{tok.Voucher, tok.Nonce}]:
