@@ -115,7 +115,7 @@ func Open(cfg Config) (*Ledger, error) {
 	}
 	l.metrics.init()
 	l.nonces.init()
-	l.idem.init()
+	l.idem.init(l.now())
 	l.accounts.init()
 	l.issue.families.init()
 	l.issue.cityIDs = make(map[string]uint16)

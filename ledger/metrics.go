@@ -64,5 +64,8 @@ func (l *Ledger) Collectors() []prometheus.Collector {
 			func() float64 { return float64(l.nonces.count()) }),
 		gauge("azyq_ledger_idempotency_in_flight", "Idempotency keys reserved by running requests.",
 			func() float64 { return float64(l.idem.count()) }),
+		gauge("azyq_ledger_idempotency_known_keys",
+			"Hashes of idempotency keys remembered so that new keys need no disk read; about the records kept for the retention.",
+			func() float64 { return float64(l.idem.known.count()) }),
 	}
 }

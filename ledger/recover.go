@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -25,6 +26,7 @@ func (l *Ledger) recover() error {
 		{"terminals", l.recoverTerminals},
 		{"vouchers", l.recoverVouchers},
 		{"used tokens", l.recoverUsedTokens},
+		{"idempotency keys", l.recoverIdempotencyKeys},
 		{"sequence", l.recoverSequence},
 	}
 	for _, s := range steps {
@@ -163,6 +165,18 @@ func (l *Ledger) recoverVouchers() error {
 		l.vouchers.publish(last)
 	}
 	return nil
+}
+
+// recoverIdempotencyKeys remembers the hash of every stored idempotency
+// key (invariant 1 of knownKeys). They count as created now: their
+// generation goes once a Prune a retention from now has removed them all.
+func (l *Ledger) recoverIdempotencyKeys() error {
+	now := l.now()
+	lo, hi := tableBounds(tableIdem)
+	return l.scan(lo, hi, func(k, _ []byte) error {
+		l.idem.known.add(maphash.Bytes(l.idem.seed, k[1:]), now)
+		return nil
+	})
 }
 
 func (l *Ledger) recoverUsedTokens() error {

@@ -997,3 +997,32 @@ func TestCityLimit(t *testing.T) {
 		t.Fatalf("city %q", got.City)
 	}
 }
+
+// TestKnownKeyGenerations protects the idempotency key hints: a hash stays
+// until a prune has passed every record of its generation, a key used
+// again lands in the current generation, and the current one is never
+// dropped.
+func TestKnownKeyGenerations(t *testing.T) {
+	var k knownKeys
+	t0 := mustTime("2026-12-03T10:00:00+05:00")
+	k.init(t0)
+	k.add(1, t0)
+	k.prune(t0.Add(-time.Hour), t0.Add(13*time.Hour), 12*time.Hour) // rotates
+	k.add(2, t0.Add(13*time.Hour))
+	k.add(3, t0.Add(13*time.Hour))
+	if !k.has(1) || !k.has(2) || k.has(4) || len(*k.gens.Load()) != 2 {
+		t.Fatalf("after rotation: has 1 %v, 2 %v, 4 %v, %d generations", k.has(1), k.has(2), k.has(4), len(*k.gens.Load()))
+	}
+	k.prune(t0, t0.Add(14*time.Hour), 12*time.Hour) // cutoff not past t0
+	if !k.has(1) {
+		t.Fatal("dropped a generation holding a record created at the cutoff")
+	}
+	k.prune(t0.Add(time.Nanosecond), t0.Add(15*time.Hour), 12*time.Hour)
+	if k.has(1) || !k.has(2) || !k.has(3) || k.count() != 2 {
+		t.Fatalf("after the cutoff passed: has 1 %v, 2 %v, count %d", k.has(1), k.has(2), k.count())
+	}
+	k.prune(t0.Add(48*time.Hour), t0.Add(96*time.Hour), 12*time.Hour)
+	if !k.has(2) {
+		t.Fatal("dropped the current generation")
+	}
+}
