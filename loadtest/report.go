@@ -36,6 +36,11 @@ type Report struct {
 	// the core count means something else competed for the CPU.
 	Load [2]float64 `json:"load_average"`
 	CPUs int        `json:"cpus"`
+	// MachineBusy is the share of all cores' time that was busy during
+	// the timed phase, and LoadTestCPU the share the load test itself
+	// used: the rest of the busy time is the server's and other work's.
+	MachineBusy float64 `json:"machine_busy"`
+	LoadTestCPU float64 `json:"loadtest_cpu"`
 
 	// Redemptions counts redemption requests answered (approved or
 	// declined); RedemptionsPerSecond is the figure runs are compared by.
@@ -179,8 +184,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, ", target %.0f POS ops/s", rep.Rate)
 	}
 	fmt.Fprintf(w, ", %.1f s timed, seed %d\n", rep.Seconds, rep.Seed)
-	fmt.Fprintf(w, "redemptions %.0f/s (approved %.0f/s), POS operations %.0f/s, failures %d\n\n",
+	fmt.Fprintf(w, "redemptions %.0f/s (approved %.0f/s), POS operations %.0f/s, failures %d\n",
 		rep.RedemptionsPerSecond, rep.ApprovedPerSecond, rep.POSPerSecond, rep.Failures)
+	fmt.Fprintf(w, "CPU: machine %.0f%% busy on %d cores, the load test itself %.0f%%; load average %.1f → %.1f\n\n",
+		100*rep.MachineBusy, rep.CPUs, 100*rep.LoadTestCPU, rep.Load[0], rep.Load[1])
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "operation\tcount\tper s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\t")

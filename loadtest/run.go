@@ -224,12 +224,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// The timed phase.
 	rep.CPUs = runtime.NumCPU()
 	rep.Load[0] = loadAverage()
+	cpu0 := sampleCPU()
 	elapsed := r.timed(ctx)
+	cpu1 := sampleCPU()
 	rep.Load[1] = loadAverage()
 	rep.Summarize(r.rec, elapsed)
-	if busy := max(rep.Load[0], rep.Load[1]); busy > float64(rep.CPUs) {
+	if total := cpu1.total - cpu0.total; total > 0 {
+		rep.MachineBusy = float64(cpu1.busy-cpu0.busy) / float64(total)
+		rep.LoadTestCPU = float64(cpu1.self-cpu0.self) / float64(total)
+	}
+	// The load average counts this run's own threads and the server's, so
+	// only well above the core count does it say that other work ran.
+	if busy := max(rep.Load[0], rep.Load[1]); busy > float64(2*rep.CPUs) {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the machine was busy: load average %.1f on %d "+
-			"cores around the timed phase; other work competed for the CPU and the figures are noisy",
+			"cores around the timed phase; other work may have competed for the CPU",
 			busy, rep.CPUs))
 	}
 	if n := r.inlineMints.Load(); n > 0 {

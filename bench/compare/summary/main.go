@@ -63,7 +63,7 @@ func run(args []string) error {
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "design\tmode\tload\tredemptions/s\tapproved/s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tfailures\tbooks\tgateway ×\t")
+	fmt.Fprintln(tw, "design\tmode\tload\tbusy %\tlt %\tredemptions/s\tapproved/s\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tfailures\tbooks\tgateway ×\t")
 	gw := reps["gateway"]
 	for _, n := range names {
 		r := reps[n]
@@ -80,12 +80,13 @@ func run(args []string) error {
 			mode = fmt.Sprintf("open@%.0f", r.Rate)
 		}
 		o := r.Redemption
-		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n", n, mode,
-			max(r.Load[0], r.Load[1]), r.RedemptionsPerSecond, r.ApprovedPerSecond, ms(o.P50), ms(o.P90), ms(o.P99), ms(o.P999),
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n", n, mode,
+			max(r.Load[0], r.Load[1]), 100*r.MachineBusy, 100*r.LoadTestCPU, r.RedemptionsPerSecond, r.ApprovedPerSecond, ms(o.P50), ms(o.P90), ms(o.P99), ms(o.P999),
 			ms(o.Max), r.Failures, books, ratio)
 	}
 	tw.Flush()
-	fmt.Println("(load: the higher one-minute load average around the run; above the core count, something else competed for the CPU)")
+	fmt.Println("load: the higher one-minute load average around the run (this run's own threads count too);")
+	fmt.Println("busy %: share of all cores busy during the timed phase; lt %: the load test's own share of them")
 
 	if gw == nil {
 		return nil
