@@ -226,6 +226,7 @@ func (a *arena) at(id VoucherID) *voucher {
 // about 35 bytes a voucher, and half of the start-up time of a million
 // vouchers.
 type familyIndex struct {
+	built  bool // filled from the arena (see Ledger.familiesLocked)
 	seed   maphash.Seed
 	slots  []VoucherID // 0 is empty; the length is a power of two
 	n      int

@@ -111,25 +111,14 @@ func (l *Ledger) recoverTerminals() error {
 // recoverVouchers loads the voucher table. Ids are dense, so a gap means a
 // lost record and stops recovery. This is most of the start-up time, so it
 // allocates nothing per voucher: family ids go to the string slab, city
-// names are looked up without conversion, and the family index is sized
-// once from the last id.
+// names are looked up without conversion, and the family index is left
+// to be built when issuance first needs it (Ledger.familiesLocked).
 func (l *Ledger) recoverVouchers() error {
 	lo, hi := tableBounds(tableVoucher)
-	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return err
-	}
-	if it.Last() && len(it.Key()) == 5 {
-		l.issue.families.reserve(&l.vouchers, int(binary.BigEndian.Uint32(it.Key()[1:])))
-	}
-	if err := it.Close(); err != nil {
-		return err
-	}
-
 	cities := []string{}
 	last := VoucherID(0)
 	var r voucherRecord
-	err = l.scan(lo, hi, func(k, val []byte) error {
+	err := l.scan(lo, hi, func(k, val []byte) error {
 		if len(k) != 5 {
 			return fmt.Errorf("voucher key %x: %w", k, errCorrupt)
 		}
@@ -154,7 +143,6 @@ func (l *Ledger) recoverVouchers() error {
 			balance: r.balance, spent: r.spent, lapsed: r.lapsed, face: r.face,
 			activatedAt: timeNanos(r.activatedAt), familyID: l.issue.strings.clone(family),
 		}
-		l.issue.families.insert(&l.vouchers, id)
 		return nil
 	})
 	if err != nil {

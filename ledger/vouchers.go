@@ -124,6 +124,23 @@ func (l *Ledger) IssueBy(who Actor, month domain.Month, families []Family) ([]Is
 	return out, nil
 }
 
+// familiesLocked returns the family index, building it on first use from
+// the published vouchers. Start-up leaves it unbuilt: redemptions never
+// need it, and its random writes were a fifth of the time to recover a
+// million vouchers.
+func (l *Ledger) familiesLocked() *familyIndex {
+	x := &l.issue.families
+	if !x.built {
+		x.built = true
+		n := l.vouchers.len()
+		x.reserve(&l.vouchers, n)
+		for id := VoucherID(1); int(id) <= n; id++ {
+			x.insert(&l.vouchers, id)
+		}
+	}
+	return x
+}
+
 // checkCitiesLocked refuses an issuance that would grow the city table past
 // its limit, before anything of it is written.
 func (l *Ledger) checkCitiesLocked(families []Family) *Refusal {
@@ -152,7 +169,7 @@ func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Fami
 	var issued domain.Tiyn
 	for i := range families {
 		f := &families[i]
-		if id := l.issue.families.find(&l.vouchers, month, f.FamilyID); id != 0 {
+		if id := l.familiesLocked().find(&l.vouchers, month, f.FamilyID); id != 0 {
 			out[i] = Issued{Voucher: l.mustView(id, now)}
 			continue
 		}
@@ -202,7 +219,7 @@ func (l *Ledger) issueChunkLocked(who Actor, month domain.Month, families []Fami
 	// Durable: publish the cities, the vouchers and the family index.
 	l.cities.Store(&cities)
 	for _, id := range fresh {
-		l.issue.families.insert(&l.vouchers, id)
+		l.familiesLocked().insert(&l.vouchers, id)
 	}
 	l.vouchers.publish(next - 1)
 	l.accounts.add(AccountProgramme, -issued)
@@ -242,7 +259,7 @@ func (l *Ledger) mustView(id VoucherID, now time.Time) Voucher {
 // VoucherByFamily returns the voucher of a family for a month.
 func (l *Ledger) VoucherByFamily(month domain.Month, familyID string) (Voucher, error) {
 	l.issue.Lock()
-	id := l.issue.families.find(&l.vouchers, month, familyID)
+	id := l.familiesLocked().find(&l.vouchers, month, familyID)
 	l.issue.Unlock()
 	if id == 0 {
 		return Voucher{}, refuse(CodeNotFound, "family %q has no voucher for %s", familyID, month)
@@ -316,7 +333,7 @@ func (l *Ledger) Lapse(month domain.Month) (int, domain.Tiyn, error) {
 func (l *Ledger) lapseLocked(month domain.Month) (int, domain.Tiyn, error) {
 	// A voucher's month never changes once it is published, so it is
 	// read without the voucher's lock.
-	ids := make([]VoucherID, 0, l.issue.families.months[month])
+	ids := make([]VoucherID, 0, l.familiesLocked().months[month])
 	for id := VoucherID(1); int(id) <= l.vouchers.len(); id++ {
 		if l.vouchers.get(id).month == month {
 			ids = append(ids, id)
@@ -397,7 +414,7 @@ func (l *Ledger) LapseDue() error {
 	// the mark read here is durable (invariant 2).
 	l.issue.Lock()
 	defer l.issue.Unlock()
-	months := slices.Sorted(maps.Keys(l.issue.families.months))
+	months := slices.Sorted(maps.Keys(l.familiesLocked().months))
 	now := l.now()
 	for _, m := range months {
 		if now.Before(l.prog.SpendUntil(m)) {
