@@ -122,12 +122,34 @@ if want gateway || want open; then
 	done
 fi
 
+# cpu_snapshot prints "pid ticks name" for every process: user plus system
+# time in clock ticks, to tell afterwards who used the CPU during a run.
+cpu_snapshot() {
+	for f in /proc/[0-9]*/stat; do
+		read -r line <"$f" 2>/dev/null || continue
+		local pid=${line%% *} name=${line#*(}
+		name=${name%%)*}
+		local rest=${line##*) }
+		set -- $rest
+		echo "$pid $((${12} + ${13})) ${name// /_}"
+	done 2>/dev/null
+}
+
+# cpu_top before after: the processes that used the most CPU between two
+# snapshots, in seconds (ticks of 10 ms), so that a figure taken while
+# something else ran says so.
+cpu_top() {
+	awk 'NR == FNR { t[$1] = $2; next } { d = $2 - t[$1]; if (d > 20) printf "%7.1fs %s\n", d / 100, $3 }' \
+		"$1" "$2" | sort -rn | head -6
+}
+
 # 3. The same closed-loop load on each, one after the other.
 loadtest() { # name addr [extra flags]
 	local name=$1 addr=$2
 	shift 2
 	wait_http "http://$addr/v1/vouchers/x"
 	log "load test: $name at $addr ($(uptime | sed 's/.*load/load/'))"
+	cpu_snapshot >"$TMP/cpu-before"
 	# The load test bounds itself; timeout is the backstop for a set-up
 	# that hangs on a server that stopped answering.
 	timeout --signal=INT --kill-after=30 600 "$TMP/bin/loadtest" --addr "$addr" --admin-token $ADMIN --wallet-token $WALLET \
@@ -135,6 +157,12 @@ loadtest() { # name addr [extra flags]
 		--qr-per-voucher 4 --duration "$DURATION" --quiet \
 		--json "$OUT/$name.json" --html "$OUT/$name.html" "$@" >"$OUT/$name.txt" 2>"$TMP/lt-$name.log" \
 		|| log "$name: load test exited $? (see $OUT/$name.txt)"
+	cpu_snapshot >"$TMP/cpu-after"
+	{
+		echo
+		echo "CPU used during the run (set-up, timed phase and book check), by process:"
+		cpu_top "$TMP/cpu-before" "$TMP/cpu-after"
+	} >>"$OUT/$name.txt"
 	tail -n +2 "$OUT/$name.txt" | head -4 >&2
 }
 
