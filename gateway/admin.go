@@ -146,7 +146,7 @@ func (c *call) serveIssuance() {
 		c.fail(codeInvalidRequest, err.Error())
 		return
 	}
-	out, err := c.s.led.Issue(month, families)
+	out, err := c.s.led.IssueBy(c.actor(), month, families)
 	if err != nil {
 		c.failErr(err)
 		return
@@ -301,7 +301,7 @@ func (c *call) serveStorePut() {
 		c.fail(codeInvalidRequest, err.Error())
 		return
 	}
-	st, err = c.s.led.PutStore(st)
+	st, err = c.s.led.PutStoreBy(c.actor(), st)
 	if err != nil {
 		c.failErr(err)
 		return
@@ -348,7 +348,7 @@ func (c *call) serveTerminalPost() {
 		c.failErr(err)
 		return
 	}
-	t, err := c.s.led.AddTerminal(string(c.params[0]), id, sha256.Sum256([]byte(key)))
+	t, err := c.s.led.AddTerminalBy(c.actor(), string(c.params[0]), id, sha256.Sum256([]byte(key)))
 	if err != nil {
 		c.failErr(err)
 		return

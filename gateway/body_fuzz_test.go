@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -68,7 +67,13 @@ type fzGateway struct {
 
 func newFzGateway(t testing.TB) *fzGateway {
 	t.Helper()
-	now := func() time.Time { return fzNow }
+	return newFzGatewayWith(t, func() time.Time { return fzNow }, func(*Config) {})
+}
+
+// newFzGatewayWith builds the gateway with a clock and a hook that adjusts
+// its configuration.
+func newFzGatewayWith(t testing.TB, now func() time.Time, configure func(*Config)) *fzGateway {
+	t.Helper()
 	led, err := ledger.Open(ledger.Config{Dir: "fuzz", FS: vfs.NewMem(), Programme: domain.DefaultProgramme(), Now: now})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +83,9 @@ func newFzGateway(t testing.TB) *fzGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Ledger: led, QR: qr, AdminToken: fzAdmin, WalletToken: fzWallet, SettlementToken: fzSettlement})
+	cfg := Config{Ledger: led, QR: qr, AdminToken: fzAdmin, WalletToken: fzWallet, SettlementToken: fzSettlement}
+	configure(&cfg)
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +141,12 @@ func (g *fzGateway) token(id ledger.VoucherID) (string, time.Time) {
 // do runs one request through the server's handler, as fasthttp would
 // after reading it from a connection.
 func (g *fzGateway) do(method, uri, bearer, idem string, body []byte) (int, []byte) {
+	resp := g.doResp(method, uri, bearer, idem, body)
+	return resp.StatusCode(), resp.Body()
+}
+
+// doResp is do returning the whole response, headers included.
+func (g *fzGateway) doResp(method, uri, bearer, idem string, body []byte) *fasthttp.Response {
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(uri)
@@ -148,7 +161,9 @@ func (g *fzGateway) do(method, uri, bearer, idem string, body []byte) (int, []by
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
 	g.srv.handle(&ctx)
-	return ctx.Response.StatusCode(), bytes.Clone(ctx.Response.Body())
+	var resp fasthttp.Response
+	ctx.Response.CopyTo(&resp)
+	return &resp
 }
 
 // fzState is what a rejected request must not change.

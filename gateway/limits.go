@@ -15,10 +15,12 @@ import (
 type Limits struct {
 	// TerminalRate is how many requests per second one terminal may make
 	// on average, and TerminalBurst how many it may make at once; beyond
-	// that it is answered 429 rate_limited with Retry-After. A till makes
-	// a request every few seconds, so the defaults (10/s, burst 20) only
-	// stop a runaway integration or a stolen key. A negative TerminalRate
-	// disables the limit.
+	// that it is answered 429 rate_limited with Retry-After. Zero or less
+	// disables the limit; gatewayd's --terminal-rate sets 100/s with a
+	// burst of 200 by default (TerminalBurst zero means twice the rate):
+	// a till makes a request every few seconds, so that only stops a
+	// runaway integration or a flood with a stolen key, while a load test
+	// driving few terminals hard stays below it.
 	TerminalRate  float64
 	TerminalBurst int
 	// ConnectionsMax caps open API connections (fasthttp's Concurrency);
@@ -37,8 +39,7 @@ type Limits struct {
 
 // Defaults of Limits.
 const (
-	terminalRateDefault   = 10
-	terminalBurstDefault  = 20
+	TerminalRateDefault   = 100 // gatewayd's --terminal-rate
 	connectionsMaxDefault = 10_000
 	readTimeoutDefault    = 30 * time.Second
 	writeTimeoutDefault   = 30 * time.Second
@@ -47,11 +48,8 @@ const (
 
 // withDefaults returns the limits with every zero field set to its default.
 func (l Limits) withDefaults() Limits {
-	if l.TerminalRate == 0 {
-		l.TerminalRate = terminalRateDefault
-	}
-	if l.TerminalBurst <= 0 {
-		l.TerminalBurst = terminalBurstDefault
+	if l.TerminalRate > 0 && l.TerminalBurst <= 0 {
+		l.TerminalBurst = max(1, int(math.Ceil(2*l.TerminalRate)))
 	}
 	if l.ConnectionsMax <= 0 {
 		l.ConnectionsMax = connectionsMaxDefault

@@ -1,7 +1,12 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -86,4 +91,153 @@ func BenchmarkTerminalLimiter(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestTerminalRateLimitHTTP protects the 429 answer of the per-terminal
+// limit: past its burst a terminal gets rate_limited with the contract's
+// error body and a Retry-After that is long enough, nothing reaches the
+// ledger, and other terminals and roles are not affected.
+func TestTerminalRateLimitHTTP(t *testing.T) {
+	clock := newMovableClock(fzNow)
+	g := newFzGatewayWith(t, clock.Now, func(c *Config) { c.Limits = Limits{TerminalRate: 2, TerminalBurst: 3} })
+	clock.Add(2 * time.Second) // refill the bucket the set-up redemption used
+	before := g.state()
+	tok, _ := g.token(g.vouchers[1])
+
+	for i := range 3 {
+		if status, body := g.do("POST", "/v1/balance-inquiries", fzTermKey, "", []byte(`{"qr":"`+tok+`"}`)); status != 200 {
+			t.Fatalf("request %d within the burst: %d %s", i, status, body)
+		}
+	}
+	resp := g.doResp("POST", "/v1/redemptions", fzTermKey, "over-limit", []byte(`{"qr":"`+tok+`","amount":100}`))
+	if resp.StatusCode() != 429 || !strings.Contains(string(resp.Body()), `"code":"rate_limited"`) ||
+		string(resp.Header.Peek("Retry-After")) != "1" || len(resp.Header.Peek("X-Request-Id")) == 0 {
+		t.Fatalf("request past the burst: %d %s Retry-After %q", resp.StatusCode(), resp.Body(), resp.Header.Peek("Retry-After"))
+	}
+	if after := g.state(); !before.equal(after) {
+		t.Fatal("a rate-limited redemption changed the ledger")
+	}
+	if status, _ := g.do("GET", "/v1/catalogue", fzOtherKey, "", nil); status != 200 {
+		t.Fatal("another terminal was limited")
+	}
+	if status, _ := g.do("GET", "/v1/catalogue", fzAdmin, "", nil); status != 200 {
+		t.Fatal("the admin was limited by a terminal's bucket")
+	}
+
+	clock.Add(time.Second) // what Retry-After asked for
+	if status, body := g.do("POST", "/v1/redemptions", fzTermKey, "after-wait", []byte(`{"qr":"`+tok+`","amount":100}`)); status != 201 {
+		t.Fatalf("after waiting Retry-After: %d %s", status, body)
+	}
+}
+
+// serveLoopback serves g on a loopback port and returns its address.
+func serveLoopback(t *testing.T, g *fzGateway) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.srv.Serve(ln) }()
+	t.Cleanup(func() { g.srv.http.Shutdown(); <-done })
+	return ln.Addr().String()
+}
+
+// TestSlowClientsAreDisconnected protects the connection limits: a client
+// that trickles its headers (slowloris) or opens a connection and sends
+// nothing is disconnected after the read timeout instead of holding a
+// connection, and connections beyond the cap are refused at once, while
+// the server keeps answering well-behaved clients.
+func TestSlowClientsAreDisconnected(t *testing.T) {
+	g := newFzGatewayWith(t, func() time.Time { return fzNow }, func(c *Config) {
+		c.Limits = Limits{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond, ConnectionsMax: 3}
+	})
+	addr := serveLoopback(t, g)
+
+	// closedBy reports whether the server closed conn before the client
+	// had trickled for long (each byte 50ms apart, at most 10s).
+	trickle := func(conn net.Conn, data string) bool {
+		for i := range 200 {
+			conn.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := conn.Write([]byte{data[i%len(data)]}); err != nil {
+				return true
+			}
+			conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			var b [1]byte
+			if _, err := conn.Read(b[:]); err != nil && !isTimeout(err) {
+				return true
+			}
+		}
+		return false
+	}
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if !trickle(slow, "GET /v1/catalogue HTTP/1.1\r\nHost: azyq\r\nX-Slow: "+strings.Repeat("a", 400)) {
+		t.Fatal("a client trickling its headers held the connection for 10 s")
+	}
+
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	// The server may answer 408 before it closes; read to the end.
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, silent); err != nil && isTimeout(err) {
+		t.Fatalf("a silent connection was not closed within 10 s: %v", err)
+	}
+	var b [64]byte
+
+	// Three idle connections take every slot; a fourth is refused.
+	var idle []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	time.Sleep(50 * time.Millisecond) // let the server accept them
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.Write([]byte("GET /v1/catalogue HTTP/1.1\r\nHost: azyq\r\nAuthorization: Bearer " + fzAdmin + "\r\n\r\n"))
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _ := extra.Read(b[:])
+	if !strings.HasPrefix(string(b[:n]), "HTTP/1.1 503") {
+		t.Fatalf("a connection past the cap got %q, want a 503", b[:n])
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+
+	// Once the slow and idle clients are gone, others are served.
+	ok := false
+	for range 50 {
+		client := &http.Client{Timeout: 5 * time.Second}
+		req, _ := http.NewRequest("GET", "http://"+addr+"/v1/catalogue", nil)
+		req.Header.Set("Authorization", "Bearer "+fzAdmin)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				ok = true
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !ok {
+		t.Fatal("the server did not serve a normal client after the slow ones left")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

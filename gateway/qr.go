@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,6 +102,7 @@ type QRKeys struct {
 type qrKeySet struct {
 	byID   [qrKeyIDMax]*qrKey
 	signer *qrKey
+	keys   []QRKey // as installed, retired ones included, for rotation
 }
 
 type qrKey struct {
@@ -131,7 +133,7 @@ func NewQRKeys(keys []QRKey, lifetime time.Duration, now func() time.Time) (*QRK
 
 // Install replaces the key set: the way to rotate keys (see invariant 2).
 func (k *QRKeys) Install(keys []QRKey) error {
-	set := &qrKeySet{}
+	set := &qrKeySet{keys: slices.Clone(keys)}
 	var newest *QRKey
 	for i := range keys {
 		key := &keys[i]
@@ -164,6 +166,10 @@ func (k *QRKeys) Install(keys []QRKey) error {
 	k.set.Store(set)
 	return nil
 }
+
+// Keys returns the installed keys, secrets included, retired ones too:
+// what the secrets file must hold.
+func (k *QRKeys) Keys() []QRKey { return slices.Clone(k.set.Load().keys) }
 
 // Lifetime returns how long a minted token stays valid.
 func (k *QRKeys) Lifetime() time.Duration { return k.lifetime }

@@ -61,6 +61,10 @@ const (
 	routeAcknowledgement
 	routeCheckpoints
 	routeReconciliation
+	routeTerminalKey
+	routeAdminLog
+	routeQRKeys
+	routeQRKeyRotation
 	routeCount
 	routeUnmatched = routeCount // label of requests that match no route
 )
@@ -97,6 +101,10 @@ var routeTable = [routeCount]route{
 	routeAcknowledgement: {"POST", "/v1/settlement/batches/{batch_id}/acknowledgement", roles(roleSettlement), settlementEntry, nil, 0},
 	routeCheckpoints:     {"POST", "/v1/admin/checkpoints", roles(roleAdmin), (*call).serveCheckpoint, nil, 0},
 	routeReconciliation:  {"GET", "/v1/settlement/reconciliation", roles(roleAdmin), settlementEntry, nil, 0},
+	routeTerminalKey:     {"POST", "/v1/stores/{store_id}/terminals/{terminal_id}/key", roles(roleAdmin), (*call).serveTerminalKeyRotation, nil, 0},
+	routeAdminLog:        {"GET", "/v1/audit", roles(roleAdmin), (*call).serveAdminLog, nil, 0},
+	routeQRKeys:          {"GET", "/v1/qr-keys", roles(roleAdmin), (*call).serveQRKeys, nil, 0},
+	routeQRKeyRotation:   {"POST", "/v1/qr-keys", roles(roleAdmin), (*call).serveQRKeyRotation, nil, 0},
 }
 
 func settlementEntry(c *call) { c.s.serveSettlement(c) }
@@ -118,7 +126,7 @@ func init() {
 // segsMax is the most path segments a route has; paramsMax the most
 // placeholders.
 const (
-	segsMax   = 5
+	segsMax   = 6
 	paramsMax = 2
 )
 

@@ -42,6 +42,12 @@ type Config struct {
 	InflightMax int
 	// Settlement keeps the settlement batches. Nil opens one over Ledger.
 	Settlement *settlement.Settlement
+	// Limits are the per-terminal rate limit, connection caps and
+	// timeouts (limits.go); zero fields take their defaults.
+	Limits Limits
+	// QRKeyStore keeps QR signing keys durable when they rotate through
+	// the admin API (keys.go). Nil disables rotation through the API.
+	QRKeyStore QRKeyStore
 }
 
 // inflightMaxDefault is InflightMax's default: far above what a 2-core
@@ -93,6 +99,10 @@ type Server struct {
 	inflight    atomic.Int64
 	inflightMax int64
 	ready       atomic.Bool
+
+	limits    Limits           // with defaults applied
+	limiter   *terminalLimiter // nil when terminals are not rate limited
+	qrRotator *qrRotator
 
 	http  *fasthttp.Server
 	calls sync.Pool
@@ -160,15 +170,39 @@ func New(cfg Config) (*Server, error) {
 		c.renderRedemptionFn, c.renderRefundFn = c.renderRedemption, c.renderRefund
 		return c
 	}
+	s.limits = cfg.Limits.withDefaults()
+	if s.limits.TerminalRate > 0 {
+		s.limiter = newTerminalLimiter(s.limits.TerminalRate, s.limits.TerminalBurst, cfg.Ledger.Now)
+	}
+	rejectedConns := func() float64 {
+		if s.http == nil {
+			return 0
+		}
+		return float64(s.http.GetRejectedConnectionsCount())
+	}
+	for _, c := range s.limits.collectors(s.limiter, rejectedConns) {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("cannot register the limit metrics: %w", err)
+		}
+	}
+	s.qrRotator = newQRRotator(cfg.QR, cfg.QRKeyStore, cfg.Ledger.Now, s.log)
+	if cfg.QRKeyStore != nil {
+		if err := s.qrRotator.start(); err != nil {
+			return nil, err
+		}
+	}
+
 	s.http = &fasthttp.Server{
 		Handler:               s.handle,
 		ErrorHandler:          s.handleParseError,
 		HeaderReceived:        headerReceived,
 		Name:                  "azyq",
 		MaxRequestBodySize:    issuanceBodyMax,
-		ReadTimeout:           time.Minute,
-		WriteTimeout:          time.Minute,
-		IdleTimeout:           2 * time.Minute,
+		ReadTimeout:           s.limits.ReadTimeout,
+		WriteTimeout:          s.limits.WriteTimeout,
+		IdleTimeout:           s.limits.IdleTimeout,
+		Concurrency:           s.limits.ConnectionsMax,
+		MaxConnsPerIP:         s.limits.ConnectionsPerIPMax,
 		NoDefaultServerHeader: true,
 		NoDefaultContentType:  true,
 		CloseOnShutdown:       true,
@@ -290,6 +324,14 @@ func (s *Server) route(c *call) {
 	if !s.Ready() {
 		c.fail(codeUnavailable, "the gateway is starting, recovering or shutting down; retry later")
 		return
+	}
+	if c.who == roleTerminal && s.limiter != nil {
+		if ok, wait := s.limiter.allow(c.terminal.ID); !ok {
+			c.failf(codeRateLimited, "terminal %q sends more than %g requests a second; retry after the Retry-After seconds",
+				c.terminal.ID, s.limits.TerminalRate)
+			c.ctx.Response.Header.Set("Retry-After", retryAfterSeconds(wait))
+			return
+		}
 	}
 	if n := s.inflight.Add(1); n > s.inflightMax {
 		s.inflight.Add(-1)
