@@ -171,7 +171,10 @@ func (c *crashRig) start() {
 	c.t.Helper()
 	c.cmd = exec.Command(c.bin, "--data", c.dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
 		"--program", c.prog, "--admin-token", crashAdmin, "--wallet-token", crashWallet,
-		"--settlement-token", crashSettlement)
+		"--settlement-token", crashSettlement,
+		// Three tills at full speed exceed any sane per-terminal rate; the
+		// limit is tested on its own.
+		"--terminal-rate", "0")
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		c.t.Fatal(err)
@@ -181,6 +184,8 @@ func (c *crashRig) start() {
 		c.t.Fatalf("cannot start gatewayd: %v", err)
 	}
 	c.exited = make(chan error, 1)
+	proc := c.cmd.Process
+	c.t.Cleanup(func() { proc.Kill() }) // a failed check must not leave it running
 
 	addr := make(chan string, 1)
 	var lines bytes.Buffer

@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,6 +57,8 @@ type options struct {
 	demo                                     bool
 	inflightMax                              int
 	shutdownTimeout                          time.Duration
+	tlsCert, tlsKey                          string
+	limits                                   gateway.Limits
 }
 
 func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
@@ -71,12 +74,25 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.program, "program", "", "programme configuration `file` (JSON; default: built-in)")
 	fs.BoolVar(&o.demo, "demo", false, "seed a demo shop, terminal and vouchers on an empty data directory and print curl commands to try them")
 	fs.IntVar(&o.inflightMax, "inflight-max", 4096, "API requests served at once before answering 429 rate_limited")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve the API over TLS with this PEM certificate `file` (chain); needs --tls-key")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
+	fs.Float64Var(&o.limits.TerminalRate, "terminal-rate", gateway.TerminalRateDefault,
+		"requests per second one terminal may make on average before answering 429 rate_limited; 0 disables the limit")
+	fs.IntVar(&o.limits.TerminalBurst, "terminal-burst", 0, "requests one terminal may make at once (default twice --terminal-rate)")
+	fs.IntVar(&o.limits.ConnectionsMax, "max-conns", 10_000, "API connections open at once; more are refused")
+	fs.IntVar(&o.limits.ConnectionsPerIPMax, "max-conns-per-ip", 0, "API connections open at once from one address; 0: no cap (tills may share a NAT address)")
+	fs.DurationVar(&o.limits.ReadTimeout, "read-timeout", 30*time.Second, "time allowed to read one request, so slow clients cannot hold connections")
+	fs.DurationVar(&o.limits.WriteTimeout, "write-timeout", 30*time.Second, "time allowed to write one answer")
+	fs.DurationVar(&o.limits.IdleTimeout, "idle-timeout", 60*time.Second, "time a kept-alive API connection may wait for its next request")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown waits for in-flight requests")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("cannot parse arguments: unexpected %q", fs.Arg(0))
+	}
+	if o.limits.TerminalRate == 0 {
+		o.limits.TerminalRate = -1 // the flag's 0 means no limit
 	}
 
 	// Environment variables fill the flags the command line left unset.
@@ -159,6 +175,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	s, err := gateway.New(gateway.Config{
 		Ledger: led, QR: qr, Logger: log, Registry: reg, InflightMax: o.inflightMax,
+		Limits: o.limits, QRKeyStore: &secretsKeyStore{secrets: secrets, dir: o.data},
 		AdminToken: tokens.admin, WalletToken: tokens.wallet, SettlementToken: tokens.settlement,
 	})
 	if err != nil {
@@ -173,12 +190,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 
+	var tlsCfg *tls.Config
+	if o.tlsCert != "" || o.tlsKey != "" {
+		if o.tlsCert == "" || o.tlsKey == "" {
+			return errors.New("cannot serve TLS: give both --tls-cert and --tls-key")
+		}
+		if tlsCfg, err = gateway.LoadTLS(o.tlsCert, o.tlsKey); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %q (--listen): %w", o.listen, err)
 	}
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
+	go func() {
+		if tlsCfg != nil {
+			served <- s.ServeTLS(ln, tlsCfg)
+			return
+		}
+		served <- s.Serve(ln)
+	}()
 	s.SetReady(true)
 
 	hkCtx, hkStop := context.WithCancel(context.Background())
@@ -196,7 +228,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		<-cutDone
 	}()
 
-	log.Info("gateway ready", "listen", ln.Addr().String(), "ops_listen", opsLn.Addr().String(),
+	log.Info("gateway ready", "listen", ln.Addr().String(), "tls", tlsCfg != nil, "ops_listen", opsLn.Addr().String(),
 		"data", o.data, "recovery", recovery, "programme_zone", prog.TimeZone)
 	if o.demo {
 		printDemo(stdout, led, demo, tokens, ln.Addr().String())
