@@ -24,9 +24,20 @@ WORKERS=${COMPARE_WORKERS:-64}
 VOUCHERS=${COMPARE_VOUCHERS:-50000}
 OUT=${COMPARE_OUT:-bench/compare/out}
 ONLY=${COMPARE_ONLY:-noop postgres redis gateway open}
+# Ports: a block of eleven for the servers, one each for PostgreSQL and
+# Redis, the first ones found free from the defaults up, since other
+# gateways may be running on this machine.
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+block_free() {
+	local p
+	for p in $(seq "$1" $(($1 + 10))); do port_free "$p" || return 1; done
+}
+BASE_PORT=${COMPARE_BASE_PORT:-28180}
+until block_free "$BASE_PORT"; do BASE_PORT=$((BASE_PORT + 20)); done
 PG_PORT=${COMPARE_PG_PORT:-55432}
+until port_free "$PG_PORT"; do PG_PORT=$((PG_PORT + 1)); done
 REDIS_PORT=${COMPARE_REDIS_PORT:-56379}
-BASE_PORT=${COMPARE_BASE_PORT:-18180}
+until port_free "$REDIS_PORT"; do REDIS_PORT=$((REDIS_PORT + 1)); done
 ADMIN=compare-admin-token
 WALLET=compare-wallet-token
 
