@@ -143,19 +143,19 @@ func serveLoopback(t *testing.T, g *fzGateway) string {
 	return ln.Addr().String()
 }
 
-// TestSlowClientsAreDisconnected protects the connection limits: a client
-// that trickles its headers (slowloris) or opens a connection and sends
-// nothing is disconnected after the read timeout instead of holding a
-// connection, and connections beyond the cap are refused at once, while
-// the server keeps answering well-behaved clients.
+// TestSlowClientsAreDisconnected protects the read timeout: a client that
+// trickles its headers (slowloris) or opens a connection and sends nothing
+// is disconnected instead of holding a connection, while the server keeps
+// answering well-behaved clients.
 func TestSlowClientsAreDisconnected(t *testing.T) {
 	g := newFzGatewayWith(t, func() time.Time { return fzNow }, func(c *Config) {
-		c.Limits = Limits{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond, ConnectionsMax: 3}
+		c.Limits = Limits{ReadTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}
 	})
 	addr := serveLoopback(t, g)
 
-	// closedBy reports whether the server closed conn before the client
-	// had trickled for long (each byte 50ms apart, at most 10s).
+	// trickle reports whether the server gave up on conn (closed it, or
+	// answered the request it never finished, 408) before the client had
+	// trickled for long: a byte every 50ms, for at most 10s.
 	trickle := func(conn net.Conn, data string) bool {
 		for i := range 200 {
 			conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -164,7 +164,7 @@ func TestSlowClientsAreDisconnected(t *testing.T) {
 			}
 			conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 			var b [1]byte
-			if _, err := conn.Read(b[:]); err != nil && !isTimeout(err) {
+			if n, err := conn.Read(b[:]); n > 0 || err != nil && !isTimeout(err) {
 				return true
 			}
 		}
@@ -189,7 +189,19 @@ func TestSlowClientsAreDisconnected(t *testing.T) {
 	if _, err := io.Copy(io.Discard, silent); err != nil && isTimeout(err) {
 		t.Fatalf("a silent connection was not closed within 10 s: %v", err)
 	}
-	var b [64]byte
+
+	// Once the slow clients are gone, others are served.
+	waitServed(t, addr)
+}
+
+// TestConnectionCap protects the cap on open connections: when idle
+// connections hold every slot, a new one is refused at once with 503
+// instead of waiting, and the server serves again once they close.
+func TestConnectionCap(t *testing.T) {
+	g := newFzGatewayWith(t, func() time.Time { return fzNow }, func(c *Config) {
+		c.Limits = Limits{ReadTimeout: time.Minute, IdleTimeout: time.Minute, ConnectionsMax: 3}
+	})
+	addr := serveLoopback(t, g)
 
 	// Three idle connections take every slot; a fourth is refused.
 	var idle []net.Conn
@@ -201,7 +213,14 @@ func TestSlowClientsAreDisconnected(t *testing.T) {
 		defer c.Close()
 		idle = append(idle, c)
 	}
-	time.Sleep(50 * time.Millisecond) // let the server accept them
+	// The server takes a connection's slot when it accepts it: wait until
+	// it has accepted all three.
+	for range 500 {
+		if g.srv.http.GetOpenConnectionsCount() == 3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	extra, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -209,6 +228,7 @@ func TestSlowClientsAreDisconnected(t *testing.T) {
 	defer extra.Close()
 	extra.Write([]byte("GET /v1/catalogue HTTP/1.1\r\nHost: azyq\r\nAuthorization: Bearer " + fzAdmin + "\r\n\r\n"))
 	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [64]byte
 	n, _ := extra.Read(b[:])
 	if !strings.HasPrefix(string(b[:n]), "HTTP/1.1 503") {
 		t.Fatalf("a connection past the cap got %q, want a 503", b[:n])
@@ -216,8 +236,12 @@ func TestSlowClientsAreDisconnected(t *testing.T) {
 	for _, c := range idle {
 		c.Close()
 	}
+	waitServed(t, addr)
+}
 
-	// Once the slow and idle clients are gone, others are served.
+// waitServed waits until a normal client is served.
+func waitServed(t *testing.T, addr string) {
+	t.Helper()
 	ok := false
 	for range 50 {
 		client := &http.Client{Timeout: 5 * time.Second}
@@ -233,7 +257,7 @@ func TestSlowClientsAreDisconnected(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if !ok {
-		t.Fatal("the server did not serve a normal client after the slow ones left")
+		t.Fatal("the server did not serve a normal client after the others left")
 	}
 }
 
