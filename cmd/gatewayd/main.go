@@ -257,6 +257,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if shutErr != nil {
 		log.Error("in-flight requests did not finish in time", "err", shutErr, "timeout", o.shutdownTimeout)
 	}
+	// A Serve that had not reached its accept loop when Shutdown ran would
+	// wait forever; closing the listener ends it either way.
+	ln.Close()
 	<-served
 	log.Info("gateway stopped", "duration", time.Since(stopping))
 	return nil
