@@ -279,7 +279,8 @@ func decodeVoucherInto(b []byte, r *voucherRecord) (family, city []byte, err err
 	if d.u8() != voucherRecordV1 {
 		d.fail()
 	}
-	r.month = domain.Month(d.uvarint())
+	month := d.uvarint()
+	r.month = domain.Month(month)
 	r.members = d.u8()
 	r.state = voucherState(d.u8())
 	r.face = d.tiyn()
@@ -289,11 +290,30 @@ func decodeVoucherInto(b []byte, r *voucherRecord) (family, city []byte, err err
 	r.activatedAt = d.time()
 	family = d.bytes()
 	city = d.bytes()
-	if d.err == nil && (r.state > stateLapsed || r.members == 0 || r.balance < 0 ||
-		r.face != r.balance+r.spent+r.lapsed) {
+	if d.err == nil && !validVoucherRecord(month, r) {
 		d.fail()
 	}
 	return family, city, d.finish("voucher record")
+}
+
+// validVoucherRecord checks a decoded voucher's fields: a month of the
+// years 2000-2999, a known state, no negative amount, and face value =
+// balance + spent + lapsed without overflow.
+func validVoucherRecord(month uint64, r *voucherRecord) bool {
+	if month < uint64(domain.MakeMonth(2000, 1)) || month > uint64(domain.MakeMonth(2999, 12)) {
+		return false
+	}
+	if r.state > stateLapsed || r.members == 0 || r.members > membersMax {
+		return false
+	}
+	if r.face < 0 || r.balance < 0 || r.spent < 0 || r.lapsed < 0 {
+		return false
+	}
+	sum, err := r.balance.Add(r.spent)
+	if err == nil {
+		sum, err = sum.Add(r.lapsed)
+	}
+	return err == nil && sum == r.face
 }
 
 // encodeRedemption writes the full record of a redemption.
