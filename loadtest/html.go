@@ -73,7 +73,7 @@ failures <span class="{{if .R.Failures}}bad{{else}}ok{{end}}">{{.R.Failures}}</s
 {{range .Table}}<tr><td>{{.Op}}</td><td>{{.Count}}</td><td>{{f0 .PerSecond}}</td><td>{{ms .P50}}</td><td>{{ms .P90}}</td><td>{{ms .P99}}</td><td>{{ms .P999}}</td><td>{{ms .Max}}</td><td style="text-align:left">{{outcomes .Outcomes}}</td></tr>
 {{end}}</table>
 <h2>Over time</h2>
-<p>POS latency per second of the run (p50, p99, max; left axis, ms, log scale) and POS operations per second (grey, right axis).
+<p>POS latency per second of the run (p50, p99, max; left axis, ms, log scale) and POS operations per second (grey bars, right axis, linear).
 {{if eq .R.Mode "open"}}Open loop: each latency counts from the request's scheduled start.{{end}}</p>
 {{.Over}}
 <h2>Percentiles</h2>
@@ -136,7 +136,11 @@ func (rep *Report) svgOverTime() string {
 		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#e4e4e4"/>`,
 			x(i)-barW/2, bottom-h, barW, h)
 	}
-	fmt.Fprintf(&b, `<text x="%d" y="%.0f" font-size="11">%d/s</text>`, svgWidth-svgMarginR+4, top+10, maxOps)
+	// The right axis is linear, unlike the latency axis on the left.
+	for _, f := range []float64{1, 0.5, 0} {
+		fmt.Fprintf(&b, `<text x="%d" y="%.0f" font-size="11" fill="#888">%.0f/s</text>`,
+			svgWidth-svgMarginR+4, bottom-(bottom-top)*f+4, f*float64(maxOps))
+	}
 	svgYAxis(&b, lo, hi)
 
 	lines := []struct {
