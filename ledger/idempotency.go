@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"bytes"
+	"fmt"
 	"hash/maphash"
 	"slices"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/dgraph-io/ristretto/v2"
 )
 
 // Idempotency keys are scoped to a terminal. While a request runs, its key
@@ -31,10 +33,14 @@ type Reservation struct {
 }
 
 type reservations struct {
-	seed   maphash.Seed
-	shards [reservationShards]reservationShard
-	known  knownKeys
+	seed    maphash.Seed
+	shards  [reservationShards]reservationShard
+	known   knownKeys
+	replays *ristretto.Cache[string, *idemRecord]
 }
+
+// replayCacheMax bounds the replay cache, in bytes of cached answers.
+const replayCacheMax = 32 << 20
 
 type reservationShard struct {
 	sync.Mutex
@@ -49,6 +55,15 @@ func (r *reservations) init(now time.Time) {
 		r.shards[i].held = make(map[string]struct{})
 	}
 	r.known.init(now)
+	replays, err := ristretto.NewCache(&ristretto.Config[string, *idemRecord]{
+		NumCounters: 100_000,
+		MaxCost:     replayCacheMax,
+		BufferItems: 64,
+	})
+	if err != nil {
+		panic(fmt.Sprintf("BUG: cannot make the replay cache: %v", err))
+	}
+	r.replays = replays
 }
 
 func (r *reservations) count() int {
@@ -89,25 +104,53 @@ func (l *Ledger) Reserve(terminal, key string, fingerprint [32]byte) (*Reservati
 		return res, nil, nil
 	}
 
-	// Holding the reservation, any record found is durable.
-	val, ok, err := l.get(idemKey(nil, terminal, key))
-	if err != nil {
-		res.Release()
-		return nil, nil, err
+	// A key retried more than once is answered from the replay cache.
+	// Holding the reservation, any record found in Pebble is durable.
+	rec, cached := l.idem.replays.Get(mapKey)
+	if cached && !l.now().Before(rec.created.Add(l.prog.IdempotencyRetention)) {
+		// Past its retention by the ledger's clock (the cache's own TTL
+		// runs on the wall clock): Pebble decides whether it is pruned yet.
+		cached = false
 	}
-	if !ok {
-		return res, nil, nil
+	if !cached {
+		val, ok, err := l.get(idemKey(nil, terminal, key))
+		if err != nil {
+			res.Release()
+			return nil, nil, err
+		}
+		if !ok {
+			return res, nil, nil
+		}
+		stored, err := decodeIdem(val)
+		if err != nil {
+			res.Release()
+			return nil, nil, l.fail(err)
+		}
+		rec = &stored
+		l.rememberReplay(mapKey, rec)
 	}
 	res.Release()
-	rec, err := decodeIdem(val)
-	if err != nil {
-		return nil, nil, l.fail(err)
-	}
 	if rec.fingerprint != fingerprint {
 		return nil, nil, refuse(CodeIdempotencyKeyReused,
 			"this Idempotency-Key was already used with a different request")
 	}
-	return nil, &rec.resp, nil
+	resp := rec.resp
+	return nil, &resp, nil
+}
+
+// rememberReplay caches a durable record that was just replayed: a till
+// that retries once after a timeout often retries again. The cache holds
+// only what was read from Pebble under a reservation, so it never answers
+// with an unsynced record, and an entry lives no longer than the record's
+// retention. Caching every answer as it is written was rejected: it would
+// copy each response body on the money path for the rare retry.
+func (l *Ledger) rememberReplay(mapKey string, rec *idemRecord) {
+	ttl := rec.created.Add(l.prog.IdempotencyRetention).Sub(l.now())
+	if ttl <= 0 {
+		return
+	}
+	cost := int64(len(mapKey) + len(rec.resp.Body) + 96)
+	l.idem.replays.SetWithTTL(mapKey, rec, cost, ttl)
 }
 
 // Release frees the key for later requests.

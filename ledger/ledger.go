@@ -169,6 +169,7 @@ func (l *Ledger) Close() error {
 		return nil
 	}
 	l.cut.closed = true
+	l.idem.replays.Close()
 	return l.db.Close()
 }
 
