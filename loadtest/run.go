@@ -580,10 +580,14 @@ func (r *run) redeemWith(w int, op Op, v Voucher, tok qrToken) string {
 		r.books.MarkUncertain(v.ID)
 		return outcomeTransport
 	}
-	r.remember(earlier{op.Terminal, "/v1/redemptions", key, body, resp.Status, resp.Body})
+	if stored(resp.Status) {
+		r.remember(earlier{op.Terminal, "/v1/redemptions", key, body, resp.Status, resp.Body})
+	}
 	if resp.Status != 201 {
 		code := outcomeOf(resp, nil, 201)
-		if resp.Status == 402 && code != "qr_used" && code != "qr_expired" && code != "qr_invalid" {
+		unused := !stored(resp.Status) ||
+			resp.Status == 402 && code != "qr_used" && code != "qr_expired" && code != "qr_invalid"
+		if unused {
 			r.pool.put(op.Voucher, tok)
 		}
 		return code
@@ -640,7 +644,9 @@ func (r *run) refund(w int, op Op) (string, bool) {
 		r.books.MarkUncertain(red.voucher)
 		return outcomeTransport, true
 	}
-	r.remember(earlier{termIdx, path, key, body, resp.Status, resp.Body})
+	if stored(resp.Status) {
+		r.remember(earlier{termIdx, path, key, body, resp.Status, resp.Body})
+	}
 	if resp.Status != 201 {
 		r.releaseRefund(red, amount)
 		return outcomeOf(resp, nil, 201), true
@@ -666,12 +672,24 @@ func (r *run) retry(op Op) (string, bool) {
 	switch {
 	case err != nil:
 		return outcomeTransport, true
+	case !stored(resp.Status):
+		// Shed before the key was looked at (rate limit, overload): not
+		// an answer to compare.
+		return outcomeOf(resp, nil, e.status), true
 	case resp.Status != e.status || string(resp.Body) != string(e.answer) || !resp.Replayed:
 		r.cfg.Logger.Warn("replay differs", "path", e.path, "key", e.key,
 			"status", resp.Status, "first_status", e.status, "replayed", resp.Replayed)
 		return outcomeReplayWrong, true
 	}
 	return outcomeOK, true
+}
+
+// stored reports whether the gateway keeps an answer of this status under
+// its idempotency key: approvals and the declines of the money path. A
+// request shed with 429 or 503, or refused as malformed, is not executed and
+// not kept, so a retry of it runs afresh and is not a replay.
+func stored(status int) bool {
+	return status == 201 || status == 402 || status == 422
 }
 
 func (r *run) remember(e earlier) {
