@@ -516,50 +516,20 @@ func decodeVoucherFields(b []byte) (voucherRecord, error) {
 	if d.u8() != voucherRecordV1 {
 		d.fail()
 	}
-	r.month = domain.Month(d.uvarint())
-	r.members = d.u8()
-	r.state = voucherState(d.u8())
-	r.face = d.tiyn()
-	r.balance = d.tiyn()
-	r.spent = d.tiyn()
-	r.lapsed = d.tiyn()
-	r.activatedAt = d.time()
-	r.familyID = d.str()
-	r.city = d.str()
+	_, family, city := readVoucherFields(&d, &r)
+	r.familyID, r.city = string(family), string(city)
 	return r, d.finish("voucher record")
 }
 
 // decodeRedemptionFields decodes a redemption record without the checks of
-// decodeMovementRecord on its amounts; like decodeVoucherFields, it follows
-// encodeRedemption field by field.
+// decodeMovementRecord on its amounts.
 func decodeRedemptionFields(seq uint64, b []byte) (*Redemption, error) {
 	d := decoder{b: b}
 	if d.u8() != redemptionRecordV1 {
 		d.fail()
 	}
 	r := &Redemption{Seq: seq}
-	r.Period = d.uvarint()
-	r.Voucher = d.voucher()
-	r.StoreID = d.str()
-	r.TerminalID = d.str()
-	r.Requested = d.tiyn()
-	r.Approved = d.tiyn()
-	r.Balance = d.tiyn()
-	r.CreatedAt = d.time()
-	r.Refunded = d.tiyn()
-	hasLines := d.flag()
-	n := d.uvarint()
-	if n > linesMax || !hasLines && n != 0 {
-		d.fail()
-	}
-	if hasLines && d.err == nil {
-		r.Lines = make([]PricedLine, n)
-		for i := range r.Lines {
-			l := &r.Lines[i]
-			l.SKU, l.Category, l.Amount = d.str(), d.str(), d.tiyn()
-			l.Eligible, l.Discount, l.Payable, l.Covered = d.flag(), d.tiyn(), d.tiyn(), d.tiyn()
-		}
-	}
+	readRedemptionFields(&d, r)
 	return r, d.finish("redemption record")
 }
 

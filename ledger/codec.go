@@ -279,7 +279,18 @@ func decodeVoucherInto(b []byte, r *voucherRecord) (family, city []byte, err err
 	if d.u8() != voucherRecordV1 {
 		d.fail()
 	}
-	month := d.uvarint()
+	month, family, city := readVoucherFields(&d, r)
+	if d.err == nil && !validVoucherRecord(month, r) {
+		d.fail()
+	}
+	return family, city, d.finish("voucher record")
+}
+
+// readVoucherFields reads a voucher record's fields after its version, in
+// the order voucherRecord.encode writes them, without checking their
+// values; it returns the month as stored and views of the two strings.
+func readVoucherFields(d *decoder, r *voucherRecord) (month uint64, family, city []byte) {
+	month = d.uvarint()
 	r.month = domain.Month(month)
 	r.members = d.u8()
 	r.state = voucherState(d.u8())
@@ -290,10 +301,7 @@ func decodeVoucherInto(b []byte, r *voucherRecord) (family, city []byte, err err
 	r.activatedAt = d.time()
 	family = d.bytes()
 	city = d.bytes()
-	if d.err == nil && !validVoucherRecord(month, r) {
-		d.fail()
-	}
-	return family, city, d.finish("voucher record")
+	return month, family, city
 }
 
 // validVoucherRecord checks a decoded voucher's fields: a month of the
@@ -366,33 +374,7 @@ func decodeMovementRecord(seq uint64, b []byte) (*Redemption, *Refund, error) {
 	switch d.u8() {
 	case redemptionRecordV1:
 		r := &Redemption{Seq: seq}
-		r.Period = d.uvarint()
-		r.Voucher = d.voucher()
-		r.StoreID = d.str()
-		r.TerminalID = d.str()
-		r.Requested = d.tiyn()
-		r.Approved = d.tiyn()
-		r.Balance = d.tiyn()
-		r.CreatedAt = d.time()
-		r.Refunded = d.tiyn()
-		hasLines := d.flag()
-		n := d.uvarint()
-		if n > linesMax || !hasLines && n != 0 {
-			d.fail()
-		}
-		if hasLines && d.err == nil {
-			r.Lines = make([]PricedLine, n)
-			for i := range r.Lines {
-				l := &r.Lines[i]
-				l.SKU = d.str()
-				l.Category = d.str()
-				l.Amount = d.tiyn()
-				l.Eligible = d.flag()
-				l.Discount = d.tiyn()
-				l.Payable = d.tiyn()
-				l.Covered = d.tiyn()
-			}
-		}
+		readRedemptionFields(&d, r)
 		if d.err == nil && (r.Approved <= 0 || r.Refunded < 0 || r.Refunded > r.Approved) {
 			d.fail()
 		}
@@ -415,6 +397,35 @@ func decodeMovementRecord(seq uint64, b []byte) (*Redemption, *Refund, error) {
 	default:
 		d.fail()
 		return nil, nil, d.finish("movement record")
+	}
+}
+
+// readRedemptionFields reads a redemption record's fields after its
+// version, in the order encodeRedemption writes them, without checking the
+// amounts.
+func readRedemptionFields(d *decoder, r *Redemption) {
+	r.Period = d.uvarint()
+	r.Voucher = d.voucher()
+	r.StoreID = d.str()
+	r.TerminalID = d.str()
+	r.Requested = d.tiyn()
+	r.Approved = d.tiyn()
+	r.Balance = d.tiyn()
+	r.CreatedAt = d.time()
+	r.Refunded = d.tiyn()
+	hasLines := d.flag()
+	n := d.uvarint()
+	if n > linesMax || !hasLines && n != 0 {
+		d.fail()
+	}
+	if !hasLines || d.err != nil {
+		return
+	}
+	r.Lines = make([]PricedLine, n)
+	for i := range r.Lines {
+		l := &r.Lines[i]
+		l.SKU, l.Category, l.Amount = d.str(), d.str(), d.tiyn()
+		l.Eligible, l.Discount, l.Payable, l.Covered = d.flag(), d.tiyn(), d.tiyn(), d.tiyn()
 	}
 }
 
