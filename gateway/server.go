@@ -152,6 +152,26 @@ func New(cfg Config) (*Server, error) {
 		s.ridPrefix[i] = crockford[b&31]
 	}
 
+	// The server exists before any collector is registered: the operations
+	// listener may scrape the registry while New runs.
+	s.limits = cfg.Limits.withDefaults()
+	s.http = &fasthttp.Server{
+		Handler:               s.handle,
+		ErrorHandler:          s.handleParseError,
+		HeaderReceived:        headerReceived,
+		Name:                  "azyq",
+		MaxRequestBodySize:    issuanceBodyMax,
+		ReadTimeout:           s.limits.ReadTimeout,
+		WriteTimeout:          s.limits.WriteTimeout,
+		IdleTimeout:           s.limits.IdleTimeout,
+		Concurrency:           s.limits.ConnectionsMax,
+		MaxConnsPerIP:         s.limits.ConnectionsPerIPMax,
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{s.log},
+	}
+
 	reg := cfg.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -170,16 +190,10 @@ func New(cfg Config) (*Server, error) {
 		c.renderRedemptionFn, c.renderRefundFn = c.renderRedemption, c.renderRefund
 		return c
 	}
-	s.limits = cfg.Limits.withDefaults()
 	if s.limits.TerminalRate > 0 {
 		s.limiter = newTerminalLimiter(s.limits.TerminalRate, s.limits.TerminalBurst, cfg.Ledger.Now)
 	}
-	rejectedConns := func() float64 {
-		if s.http == nil {
-			return 0
-		}
-		return float64(s.http.GetRejectedConnectionsCount())
-	}
+	rejectedConns := func() float64 { return float64(s.http.GetRejectedConnectionsCount()) }
 	for _, c := range s.limits.collectors(s.limiter, rejectedConns) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("cannot register the limit metrics: %w", err)
@@ -192,22 +206,6 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 
-	s.http = &fasthttp.Server{
-		Handler:               s.handle,
-		ErrorHandler:          s.handleParseError,
-		HeaderReceived:        headerReceived,
-		Name:                  "azyq",
-		MaxRequestBodySize:    issuanceBodyMax,
-		ReadTimeout:           s.limits.ReadTimeout,
-		WriteTimeout:          s.limits.WriteTimeout,
-		IdleTimeout:           s.limits.IdleTimeout,
-		Concurrency:           s.limits.ConnectionsMax,
-		MaxConnsPerIP:         s.limits.ConnectionsPerIPMax,
-		NoDefaultServerHeader: true,
-		NoDefaultContentType:  true,
-		CloseOnShutdown:       true,
-		Logger:                fasthttpLogger{s.log},
-	}
 	return s, nil
 }
 
