@@ -129,7 +129,8 @@ type AuditReport struct {
 	// or a movement, sorted by id.
 	Stores []StoreAudit
 
-	Terminals     int
+	Terminals int
+	// UsedTokens counts redemptions that record the QR token they consumed.
 	UsedTokens    int
 	Idempotency   int
 	LapsedMonths  int
@@ -525,11 +526,12 @@ func decodeVoucherFields(b []byte) (voucherRecord, error) {
 // decodeMovementRecord on its amounts.
 func decodeRedemptionFields(seq uint64, b []byte) (*Redemption, error) {
 	d := decoder{b: b}
-	if d.u8() != redemptionRecordV1 {
+	version := d.u8()
+	if version != redemptionRecordV1 && version != redemptionRecordV2 {
 		d.fail()
 	}
 	r := &Redemption{Seq: seq}
-	readRedemptionFields(&d, r)
+	readRedemptionFields(&d, r, version)
 	return r, d.finish("redemption record")
 }
 
@@ -543,7 +545,7 @@ func (a *auditor) movementTable() error {
 		}
 		seq := binary.BigEndian.Uint64(k[1:])
 		a.rep.LastSeq = max(a.rep.LastSeq, seq)
-		if len(v) > 0 && v[0] == redemptionRecordV1 {
+		if len(v) > 0 && (v[0] == redemptionRecordV1 || v[0] == redemptionRecordV2) {
 			a.redemption(seq, v)
 			return
 		}
@@ -575,6 +577,9 @@ func (a *auditor) redemption(seq uint64, v []byte) {
 		if covered != red.Approved {
 			a.rep.violate(AuditRedemption, subject, "lines cover %d, approved %d", covered, red.Approved)
 		}
+	}
+	if !red.token.Expires.IsZero() {
+		a.rep.UsedTokens++
 	}
 	if red.Refunded < 0 || red.Refunded > red.Approved {
 		a.rep.violate(AuditRedemptionRefund, subject, "refunded %d outside 0-%d approved", red.Refunded, red.Approved)
@@ -714,18 +719,12 @@ func (a *auditor) refundIndex() error {
 	})
 }
 
-// usedTokens checks the shape of each used-token record.
+// usedTokens flags any key in the retired used-token table: consumed
+// tokens are kept in their redemption records.
 func (a *auditor) usedTokens() error {
 	return a.scan(tableUsedToken, func(k, v []byte) {
-		if len(k) != 21 || len(v) != 0 {
-			a.rep.violate(AuditUsedToken, fmt.Sprintf("used token key %x", k), "want 21 bytes and no value, got %d and %d", len(k), len(v))
-			return
-		}
-		id := VoucherID(binary.BigEndian.Uint32(k[9:13]))
-		if a.voucher(id) == nil {
-			a.rep.violate(AuditUsedToken, fmt.Sprintf("used token key %x", k), "names voucher %s, which has no record", id)
-		}
-		a.rep.UsedTokens++
+		a.rep.violate(AuditUsedToken, fmt.Sprintf("used token key %x", k),
+			"the used-token table is retired; tokens live in redemption records")
 	})
 }
 

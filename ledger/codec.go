@@ -24,7 +24,7 @@ const (
 	tableRefunds   = 'r' // 'r' redemption seq(8) refund seq(8) → ""
 	tableMovement  = 's' // 's' seq(8) → redemption or refund record
 	tableTerminal  = 't' // 't' terminal id → terminal JSON
-	tableUsedToken = 'u' // 'u' expires(8) voucher(4) nonce(8) → ""
+	tableUsedToken = 'u' // retired: used tokens live in redemption records; the audit flags any key here
 	tableVoucher   = 'v' // 'v' voucher(4) → voucher record
 	tableAux       = 'x' // 'x' … → records of other packages (settlement)
 )
@@ -64,12 +64,6 @@ func refundIndexKey(b []byte, redemption, refund uint64) []byte {
 
 func lapseKey(m domain.Month) []byte {
 	return binary.BigEndian.AppendUint32([]byte{tableLapse}, uint32(m))
-}
-
-func usedTokenKey(b []byte, t Token) []byte {
-	b = binary.BigEndian.AppendUint64(append(b, tableUsedToken), uint64(t.Expires.UnixNano()))
-	b = binary.BigEndian.AppendUint32(b, uint32(t.Voucher))
-	return binary.BigEndian.AppendUint64(b, t.Nonce)
 }
 
 func idemKey(b []byte, terminal, key string) []byte {
@@ -229,8 +223,9 @@ func (d *decoder) finish(what string) error {
 // Record versions, the first byte of each value.
 const (
 	voucherRecordV1    = 1
-	redemptionRecordV1 = 1
+	redemptionRecordV1 = 1 // without the consumed token
 	refundRecordV1     = 2
+	redemptionRecordV2 = 3 // with the consumed token's nonce and expiry
 	summaryRecordV1    = 1
 	idemRecordV1       = 1
 )
@@ -327,7 +322,7 @@ func validVoucherRecord(month uint64, r *voucherRecord) bool {
 // encodeRedemption writes the full record of a redemption.
 func encodeRedemption(b []byte, r *Redemption) []byte {
 	e := encoder{b}
-	e.u8(redemptionRecordV1)
+	e.u8(redemptionRecordV2)
 	e.uvarint(r.Period)
 	e.voucher(r.Voucher)
 	e.str(r.StoreID)
@@ -349,6 +344,8 @@ func encodeRedemption(b []byte, r *Redemption) []byte {
 		e.tiyn(l.Payable)
 		e.tiyn(l.Covered)
 	}
+	e.uvarint(r.token.Nonce)
+	e.time(r.token.Expires)
 	return e.b
 }
 
@@ -371,10 +368,10 @@ func encodeRefund(b []byte, r *Refund) []byte {
 // the results is non-nil.
 func decodeMovementRecord(seq uint64, b []byte) (*Redemption, *Refund, error) {
 	d := decoder{b: b}
-	switch d.u8() {
-	case redemptionRecordV1:
+	switch version := d.u8(); version {
+	case redemptionRecordV1, redemptionRecordV2:
 		r := &Redemption{Seq: seq}
-		readRedemptionFields(&d, r)
+		readRedemptionFields(&d, r, version)
 		if d.err == nil && (r.Approved <= 0 || r.Refunded < 0 || r.Refunded > r.Approved) {
 			d.fail()
 		}
@@ -402,8 +399,8 @@ func decodeMovementRecord(seq uint64, b []byte) (*Redemption, *Refund, error) {
 
 // readRedemptionFields reads a redemption record's fields after its
 // version, in the order encodeRedemption writes them, without checking the
-// amounts.
-func readRedemptionFields(d *decoder, r *Redemption) {
+// amounts. A version 1 record carries no token.
+func readRedemptionFields(d *decoder, r *Redemption, version uint8) {
 	r.Period = d.uvarint()
 	r.Voucher = d.voucher()
 	r.StoreID = d.str()
@@ -418,14 +415,19 @@ func readRedemptionFields(d *decoder, r *Redemption) {
 	if n > linesMax || !hasLines && n != 0 {
 		d.fail()
 	}
-	if !hasLines || d.err != nil {
-		return
+	if hasLines && d.err == nil {
+		r.Lines = make([]PricedLine, n)
+		for i := range r.Lines {
+			l := &r.Lines[i]
+			l.SKU, l.Category, l.Amount = d.str(), d.str(), d.tiyn()
+			l.Eligible, l.Discount, l.Payable, l.Covered = d.flag(), d.tiyn(), d.tiyn(), d.tiyn()
+		}
 	}
-	r.Lines = make([]PricedLine, n)
-	for i := range r.Lines {
-		l := &r.Lines[i]
-		l.SKU, l.Category, l.Amount = d.str(), d.str(), d.tiyn()
-		l.Eligible, l.Discount, l.Payable, l.Covered = d.flag(), d.tiyn(), d.tiyn(), d.tiyn()
+	if version == redemptionRecordV2 {
+		nonce, expires := d.uvarint(), d.time()
+		if nonce != 0 || !expires.IsZero() {
+			r.token = Token{Voucher: r.Voucher, Nonce: nonce, Expires: expires}
+		}
 	}
 }
 

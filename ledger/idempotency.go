@@ -215,9 +215,6 @@ func (l *Ledger) Prune() (int, error) {
 		return 0, err
 	}
 
-	lo, _ = tableBounds(tableUsedToken)
-	hi = usedTokenKey(nil, Token{Expires: now})
-	b.DeleteRange(lo, hi, nil)
 	if err := l.commit(b); err != nil {
 		return 0, err
 	}

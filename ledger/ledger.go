@@ -47,6 +47,11 @@ const (
 	citiesMax     = 1<<16 - 1
 	issueBatchMax = 10_000 // families per Pebble batch during issuance
 	lapseBatchMax = 512    // vouchers locked together during lapse
+	// tokenLifetimeMax is the longest a QR token can live (the programme's
+	// qr_lifetime is at most an hour); recovery looks that far back for
+	// tokens still to be remembered, plus tokenScanMargin.
+	tokenLifetimeMax = time.Hour
+	tokenScanMargin  = time.Minute
 )
 
 // Ledger is the voucher ledger. All its methods are safe for concurrent use.

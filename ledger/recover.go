@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -167,20 +166,42 @@ func (l *Ledger) recoverIdempotencyKeys() error {
 	})
 }
 
+// recoverUsedTokens remembers the tokens consumed by redemptions whose
+// tokens have not expired. A token lives at most tokenLifetimeMax, so only
+// redemptions committed in that window, read newest first, can hold one;
+// the scan stops a margin past it, since sequence order follows commit
+// order only roughly.
 func (l *Ledger) recoverUsedTokens() error {
-	lo := usedTokenKey(nil, Token{Expires: l.now()})
-	_, hi := tableBounds(tableUsedToken)
-	return l.scan(lo, hi, func(k, _ []byte) error {
-		if len(k) != 21 {
-			return fmt.Errorf("used token key %x: %w", k, errCorrupt)
-		}
-		l.nonces.add(Token{
-			Expires: time.Unix(0, int64(binary.BigEndian.Uint64(k[1:9]))),
-			Voucher: VoucherID(binary.BigEndian.Uint32(k[9:13])),
-			Nonce:   binary.BigEndian.Uint64(k[13:21]),
-		})
-		return nil
+	now := l.now()
+	oldest := now.Add(-tokenLifetimeMax - tokenScanMargin)
+	it, err := l.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{tableMovement}, UpperBound: []byte{tableMovement + 1},
 	})
+	if err != nil {
+		return err
+	}
+	for ok := it.Last(); ok; ok = it.Prev() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return err
+		}
+		red, _, err := decodeMovementRecord(binary.BigEndian.Uint64(it.Key()[1:]), v)
+		if err != nil {
+			it.Close()
+			return err
+		}
+		if red == nil {
+			continue
+		}
+		if red.CreatedAt.Before(oldest) {
+			break
+		}
+		if red.token.Expires.After(now) {
+			l.nonces.add(red.token)
+		}
+	}
+	return it.Close()
 }
 
 // recoverSequence finds the last sequence number and the open period: the

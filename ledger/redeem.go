@@ -184,6 +184,7 @@ func (l *Ledger) commitRedemptionLocked(v *voucher, req *RedeemRequest, st *stor
 		Seq: l.seq.Add(1), Period: e.period, Voucher: req.Token.Voucher,
 		StoreID: req.StoreID, TerminalID: req.TerminalID, Requested: requested,
 		Approved: approved, Balance: v.balance - approved, CreatedAt: now, Lines: priced,
+		token: req.Token,
 	}
 	next := v.voucherData
 	next.balance -= approved
@@ -210,8 +211,6 @@ func (l *Ledger) commitRedemptionLocked(v *voucher, req *RedeemRequest, st *stor
 	k = periodKey(k[:0], red.Period, red.Seq)
 	k = encodeSummary(k, &mv)
 	b.Set(k[:periodKeyLen], k[periodKeyLen:], nil)
-	k = usedTokenKey(k[:0], req.Token)
-	b.Set(k, nil, nil)
 	postAccountKey(b, st.payableKey, approved)
 	*buf = k
 	if req.Idem != nil {

@@ -127,6 +127,11 @@ type Redemption struct {
 	Lines []PricedLine
 	// Refunded is the sum of the refunds of this redemption so far.
 	Refunded domain.Tiyn
+
+	// token is the QR token the redemption consumed. It is stored with the
+	// redemption, so that recovery remembers the tokens that have not
+	// expired without a table of their own.
+	token Token
 }
 
 // ID returns the redemption's text id.
