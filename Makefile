@@ -9,11 +9,12 @@ build:
 	$(GO) build -o bin/ ./cmd/...
 
 # The README's test command: vet, the whole suite, and the race detector on
-# the packages that hold locks and money.
+# the packages that hold locks and money, built with the invariants tag so
+# that the ledger also checks every committed record against memory.
 test:
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 20m $(PKGS)
-	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
+	$(GO) test -count=1 -race -tags invariants -timeout 20m $(RACE_PKGS)
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)

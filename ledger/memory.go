@@ -54,6 +54,32 @@ func (v *voucher) assertLocked(id VoucherID) {
 	}
 }
 
+// assertDurableLocked is the read side of the voucher's paired assertion
+// (the write side is assertLocked): with the invariants build tag, the
+// record just committed is read back and must equal memory. It costs a
+// Pebble read per commit, so production builds skip it.
+func (l *Ledger) assertDurableLocked(id VoucherID, v *voucher) {
+	if !invariantsEnabled {
+		return
+	}
+	val, ok, err := l.get(voucherKey(nil, id))
+	if err != nil {
+		return // the ledger has stopped; nothing more to compare
+	}
+	if !ok {
+		panic(fmt.Sprintf("BUG: voucher %s has no record after its commit", id))
+	}
+	stored, err := decodeVoucher(val)
+	if err != nil {
+		panic(fmt.Sprintf("BUG: voucher %s: its record does not decode after its commit: %v", id, err))
+	}
+	mem := v.recordLocked(*l.cities.Load())
+	if stored.balance != mem.balance || stored.spent != mem.spent || stored.lapsed != mem.lapsed ||
+		stored.face != mem.face || stored.state != mem.state {
+		panic(fmt.Sprintf("BUG: voucher %s: memory %+v differs from its record %+v", id, mem, stored))
+	}
+}
+
 func (v *voucherData) recordLocked(cities []string) voucherRecord {
 	r := voucherRecord{
 		month: v.month, members: v.members, state: v.state, face: v.face,

@@ -225,6 +225,7 @@ func (l *Ledger) commitRedemptionLocked(v *voucher, req *RedeemRequest, st *stor
 
 	v.balance, v.spent = next.balance, next.spent
 	v.assertLocked(red.Voucher)
+	l.assertDurableLocked(red.Voucher, v)
 	l.nonces.add(req.Token)
 	st.payable.Add(int64(approved))
 	return red, nil

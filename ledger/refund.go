@@ -116,6 +116,7 @@ func (l *Ledger) commitRefundLocked(v *voucher, st *storeState, red *Redemption,
 
 	v.balance, v.spent = next.balance, next.spent
 	v.assertLocked(ref.Voucher)
+	l.assertDurableLocked(ref.Voucher, v)
 	st.payable.Add(-int64(req.Amount))
 	if ref.CreditedTo == CreditProgramme {
 		l.accounts.add(AccountProgramme, req.Amount)
