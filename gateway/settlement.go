@@ -121,6 +121,12 @@ func (s *Server) serveBatch(c *call) {
 	case routeBatch:
 		c.replyJSON(200, b)
 	case routePayments:
+		if b.Net == 0 {
+			// pain.001 needs at least one transfer; a batch whose shops
+			// all carry a zero or negative net moves no money.
+			c.failf(codeConflict, "batch %s pays no shop (every net is zero or carried): it has no payment file", b.ID)
+			return
+		}
 		var buf bytes.Buffer
 		if err := settlement.WritePayments(&buf, s.prog, b); err != nil {
 			c.failErr(err)

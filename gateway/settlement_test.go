@@ -126,3 +126,48 @@ func TestSettlementEndpoints(t *testing.T) {
 		t.Fatalf("reconciliation: %s", r.body)
 	}
 }
+
+// TestSettlementBatchPayingNobody protects banks from a payment file with
+// no transfer: a batch whose only shop refunded more than it sold carries
+// the negative net, pays nothing, and has no payments.xml (409), while its
+// JSON and lines.csv are served as usual.
+func TestSettlementBatchPayingNobody(t *testing.T) {
+	e := newEnv(t)
+	term := e.shop("S1", "T1", 0)
+	id := e.voucher("F-1", 4)
+	r := e.redeem(term, e.qr(id), 100_000)
+	e.expect(r, 201, "")
+	var red struct {
+		RedemptionID string `json:"redemption_id"`
+	}
+	json.Unmarshal(r.body, &red)
+	e.expect(e.do("POST", "/v1/settlement/cutoffs", adminTok, ""), 201, "")
+
+	// The whole redemption comes back in the next period: net −100000.
+	e.expect(e.do("POST", "/v1/redemptions/"+red.RedemptionID+"/refunds", term, `{"amount":100000}`,
+		"Idempotency-Key", newKey()), 201, "")
+	r = e.do("POST", "/v1/settlement/cutoffs", adminTok, "")
+	e.expect(r, 201, "")
+	var cut struct {
+		CutoffID   string   `json:"cutoff_id"`
+		At         string   `json:"at"`
+		Batches    []string `json:"batches"`
+		FromPeriod uint64   `json:"from_period"`
+		ToPeriod   uint64   `json:"to_period"`
+	}
+	r.decode(t, &cut)
+	if len(cut.Batches) != 1 {
+		t.Fatalf("cut-off: %s", r.body)
+	}
+	bid := cut.Batches[0]
+
+	r = e.do("GET", "/v1/settlement/batches/"+bid, settlementTok, "")
+	e.expect(r, 200, "")
+	var b settlement.Batch
+	r.decode(t, &b)
+	if b.Net != 0 || len(b.Stores) != 1 || b.Stores[0].Net != -100_000 || b.Stores[0].Paid != 0 {
+		t.Fatalf("batch paying nobody: %s", r.body)
+	}
+	e.expect(e.do("GET", "/v1/settlement/batches/"+bid+"/payments.xml", settlementTok, ""), 409, "conflict")
+	e.expect(e.do("GET", "/v1/settlement/batches/"+bid+"/lines.csv", settlementTok, ""), 200, "")
+}

@@ -151,7 +151,7 @@ func (p *puller) pull(ctx context.Context, id string) (string, error) {
 	if err := p.verify(id); err != nil {
 		for _, f := range pullFiles {
 			name := filepath.Join(p.dir, id+f.suffix)
-			if f.suffix != ".json" && p.verifyOne(id, f.suffix) == nil {
+			if f.suffix != ".json" && (p.verifyOne(id, f.suffix) == nil || p.noPayments(id, f.suffix)) {
 				continue
 			}
 			if err := p.download(ctx, "/v1/settlement/batches/"+id+f.path, name); err != nil {
@@ -272,6 +272,9 @@ func (p *puller) verifyOne(id, suffix string) error {
 	if err != nil || suffix == ".json" {
 		return err
 	}
+	if b.Net == 0 && suffix == ".payments.xml" {
+		return nil // a batch that pays nobody has no payment file
+	}
 	data, err := os.ReadFile(filepath.Join(p.dir, id+suffix))
 	if err != nil {
 		return err
@@ -302,12 +305,26 @@ func (p *puller) verifyOne(id, suffix string) error {
 	return nil
 }
 
+// noPayments reports whether suffix is the payment file of a batch that
+// pays nobody (every shop's net zero or carried): the gateway has no
+// payment file for it.
+func (p *puller) noPayments(id, suffix string) bool {
+	if suffix != ".payments.xml" {
+		return false
+	}
+	b, err := p.readBatch(id)
+	return err == nil && b.Net == 0
+}
+
 // reference derives the acknowledgement reference from the batch id and
 // the SHA-256 of its three files, so the same files give the same
 // reference on every run.
 func (p *puller) reference(id string) (string, error) {
 	h := sha256.New()
 	for _, f := range pullFiles {
+		if p.noPayments(id, f.suffix) {
+			continue
+		}
 		fd, err := os.Open(filepath.Join(p.dir, id+f.suffix))
 		if err != nil {
 			return "", err

@@ -197,3 +197,43 @@ func TestReconcile(t *testing.T) {
 		t.Fatalf("tampered books: %d %s", status, stderr)
 	}
 }
+
+// TestSettlementPullBatchPayingNobody protects pull on a batch that pays no
+// shop: it has no payment file, so pull stores its JSON and lines.csv only
+// and still acknowledges it.
+func TestSettlementPullBatchPayingNobody(t *testing.T) {
+	g := startGateway(t, nil)
+	v := g.settlementSeed()
+	red, err := g.led.Redeem(&ledger.RedeemRequest{
+		Token:   ledger.Token{Voucher: v, Nonce: settleNonce.Add(1), Expires: testNow.Add(time.Minute)},
+		StoreID: "S1", TerminalID: "T1", Amount: 1_000,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.srv.Settlement().Cutoff(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.led.Refund(&ledger.RefundRequest{Redemption: red.Seq, StoreID: "S1", TerminalID: "T1", Amount: 1_000}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := g.srv.Settlement().Cutoff()
+	if err != nil || len(c.Batches) != 1 {
+		t.Fatalf("cut-off %+v: %v", c, err)
+	}
+	empty := c.Batches[0]
+
+	dir := t.TempDir()
+	status, stdout, stderr := g.ctl(nil, "--token", testSettlementToken, "settlement", "pull", "--dir", dir)
+	if status != exitOK || !strings.Contains(stdout, "pulled 2 of 2") {
+		t.Fatalf("pull: %d\n%s%s", status, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, empty+".payments.xml")); !os.IsNotExist(err) {
+		t.Fatalf("a payment file for batch %s, which pays nobody: %v", empty, err)
+	}
+	var b settlement.Batch
+	json.Unmarshal(g.get("/v1/settlement/batches/"+empty), &b)
+	if b.Net != 0 || b.Status != settlement.StatusAcknowledged {
+		t.Fatalf("batch %s: net %d, %s", empty, b.Net, b.Status)
+	}
+}
