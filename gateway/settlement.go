@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
 
+	"azyq/ledger"
 	"azyq/settlement"
 )
 
@@ -74,6 +75,18 @@ func (s *Server) serveCutoff(c *call) {
 		return
 	}
 	cut, err := s.settle.Cutoff()
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+
+	// The cut-off is durable; the admin log says who asked for it. A crash
+	// between the two commits leaves the cut-off without its log line,
+	// never a log line without its cut-off.
+	_, err = c.s.led.RecordAdminAction(ledger.AdminAction{
+		Actor: c.actor(), Action: "settlement.cutoff", Object: "cutoff/" + cut.ID,
+		After: mustMarshal(cut),
+	})
 	if err != nil {
 		c.failErr(err)
 		return

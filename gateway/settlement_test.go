@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
@@ -46,6 +47,13 @@ func TestSettlementEndpoints(t *testing.T) {
 		t.Fatalf("cut-off: %s", r.body)
 	}
 	bid := cut.Batches[0]
+
+	// The admin log names the cut-off and who asked for it.
+	r = e.do("GET", "/v1/audit", adminTok, "")
+	e.expect(r, 200, "")
+	if !bytes.Contains(r.body, []byte(`"settlement.cutoff"`)) || !bytes.Contains(r.body, []byte("cutoff/"+cut.CutoffID)) {
+		t.Fatalf("admin log without the cut-off: %s", r.body)
+	}
 
 	r = e.do("GET", "/v1/settlement/batches?status=ready&limit=10", settlementTok, "")
 	e.expect(r, 200, "")
