@@ -18,7 +18,7 @@ import (
 	"azyq/loadtest"
 )
 
-// Targets from the project's benchmark brief.
+// Targets the gateway is measured against.
 const (
 	postgresRatioMin = 10.0
 	redisRatioMin    = 3.0
