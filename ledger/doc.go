@@ -9,9 +9,10 @@
 // write-ahead persistence: every change is one Pebble batch holding all that
 // the change needs (the voucher's new state, the movement record, which
 // also names the QR token it consumed, and its period-index entry, the
-// idempotency record, the account merges), committed with Sync. Four keys
-// and a merge per redemption: each key is a memtable insert, the largest
-// CPU cost after the fsync itself, so nothing is written twice.
+// idempotency record, the account merges), committed with Sync. A
+// redemption writes three keys and a merge, plus two keys when it carries an
+// idempotency key; each key is a memtable insert, the largest CPU cost after
+// the fsync itself, which is why used tokens have no table of their own.
 //
 // The commit path of a redemption, in order:
 //
