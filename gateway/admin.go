@@ -12,16 +12,6 @@ import (
 	"azyq/ledger"
 )
 
-// Limits of the admin and wallet requests; the ledger checks the same and
-// its refusal names the field.
-const (
-	familiesMax = 100_000
-	membersMax  = 30
-	nameMax     = 140
-	cityMax     = 64
-	idMax       = 64
-)
-
 // appendVoucher renders a voucher as the contract shows it.
 func (s *Server) appendVoucher(b []byte, v *ledger.Voucher) []byte {
 	b = append(b, `{"voucher_id":"`...)
@@ -201,8 +191,8 @@ func (c *call) decodeIssuance(body []byte) (domain.Month, []ledger.Family, error
 		if err != nil {
 			return badJSON("families must be an array, not %s", v.Type())
 		}
-		if len(arr) == 0 || len(arr) > familiesMax {
-			return badJSON("families must hold 1-%d families, got %d", familiesMax, len(arr))
+		if len(arr) == 0 || len(arr) > ledger.IssuanceMax {
+			return badJSON("families must hold 1-%d families, got %d", ledger.IssuanceMax, len(arr))
 		}
 		families = make([]ledger.Family, len(arr))
 		for j, fv := range arr {
@@ -230,19 +220,19 @@ func decodeFamily(v *fastjson.Value, f *ledger.Family) error {
 		var err error
 		switch i {
 		case 0:
-			f.FamilyID, err = parseText(v, "family_id", idMax)
+			f.FamilyID, err = parseText(v, "family_id", ledger.IDMax)
 			if err == nil && !ledger.ValidID(f.FamilyID) {
 				err = badJSON("family_id %q must be 1-64 characters of A-Z a-z 0-9 _ -", f.FamilyID)
 			}
 		case 1:
 			var n int64
 			n, err = parseInt(v, "members")
-			if err == nil && (n < 1 || n > membersMax) {
-				err = badJSON("members %d must be 1-%d", n, membersMax)
+			if err == nil && (n < 1 || n > ledger.MembersMax) {
+				err = badJSON("members %d must be 1-%d", n, ledger.MembersMax)
 			}
 			f.Members = int(n)
 		case 2:
-			f.City, err = parseText(v, "city", cityMax)
+			f.City, err = parseText(v, "city", ledger.CityMax)
 		}
 		return err
 	})
@@ -269,11 +259,11 @@ func (c *call) serveStorePut() {
 			var err error
 			switch i {
 			case 0:
-				st.Name, err = parseText(v, "name", nameMax)
+				st.Name, err = parseText(v, "name", ledger.NameMax)
 			case 1:
 				st.BIN, err = parseText(v, "bin", 12)
 			case 2:
-				st.City, err = parseText(v, "city", cityMax)
+				st.City, err = parseText(v, "city", ledger.CityMax)
 			case 3:
 				st.BankBIC, err = parseText(v, "bank_bic", 11)
 			case 4:
@@ -332,7 +322,7 @@ func (c *call) serveTerminalPost() {
 		var seen fieldSet
 		seen, err = walk(o, terminalFields, func(_ int, v *fastjson.Value) error {
 			var err error
-			id, err = parseText(v, "terminal_id", idMax)
+			id, err = parseText(v, "terminal_id", ledger.IDMax)
 			return err
 		})
 		if err == nil && !seen.has(0) {

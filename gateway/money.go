@@ -10,13 +10,8 @@ import (
 	"azyq/ledger"
 )
 
-// Limits of the money path's requests.
-const (
-	linesMax          = 200
-	skuMax            = 64
-	categoryMax       = 64
-	idempotencyKeyMax = 255
-)
+// idempotencyKeyMax is the contract's limit on an Idempotency-Key, in bytes.
+const idempotencyKeyMax = 255
 
 // Idempotency. Redemptions and refunds need an Idempotency-Key; its answer
 // is stored by the ledger in the batch of the change it describes, so a
@@ -158,8 +153,8 @@ func decodeLines(v *fastjson.Value, lines []ledger.Line) ([]ledger.Line, error) 
 	if err != nil {
 		return nil, badJSON("lines must be an array, not %s", v.Type())
 	}
-	if len(arr) == 0 || len(arr) > linesMax {
-		return nil, badJSON("lines must hold 1-%d lines, got %d", linesMax, len(arr))
+	if len(arr) == 0 || len(arr) > ledger.LinesMax {
+		return nil, badJSON("lines must hold 1-%d lines, got %d", ledger.LinesMax, len(arr))
 	}
 	for i, lv := range arr {
 		o, err := lv.Object()
@@ -171,9 +166,9 @@ func decodeLines(v *fastjson.Value, lines []ledger.Line) ([]ledger.Line, error) 
 			var err error
 			switch j {
 			case 0:
-				ln.SKU, err = parseText(v, "sku", skuMax)
+				ln.SKU, err = parseText(v, "sku", ledger.SKUMax)
 			case 1:
-				ln.Category, err = parseText(v, "category", categoryMax)
+				ln.Category, err = parseText(v, "category", ledger.CategoryMax)
 			case 2:
 				ln.Amount, err = parseAmount(v, "amount")
 			}

@@ -455,8 +455,8 @@ func (a *auditor) checkVoucher(id VoucherID, r *voucherRecord) {
 		rep.violate(AuditVoucherFace, subject, "face %d != %d members x MRP of %d x 100 = %d",
 			r.face, r.members, r.month.Year(), face)
 	}
-	if r.members < 1 || r.members > membersMax {
-		rep.violate(AuditVoucherFace, subject, "members %d outside 1-%d", r.members, membersMax)
+	if r.members < 1 || r.members > MembersMax {
+		rep.violate(AuditVoucherFace, subject, "members %d outside 1-%d", r.members, MembersMax)
 	}
 
 	switch r.state {

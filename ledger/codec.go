@@ -306,7 +306,7 @@ func validVoucherRecord(month uint64, r *voucherRecord) bool {
 	if month < uint64(domain.MakeMonth(2000, 1)) || month > uint64(domain.MakeMonth(2999, 12)) {
 		return false
 	}
-	if r.state > stateLapsed || r.members == 0 || r.members > membersMax {
+	if r.state > stateLapsed || r.members == 0 || r.members > MembersMax {
 		return false
 	}
 	if r.face < 0 || r.balance < 0 || r.spent < 0 || r.lapsed < 0 {
@@ -412,7 +412,7 @@ func readRedemptionFields(d *decoder, r *Redemption, version uint8) {
 	r.Refunded = d.tiyn()
 	hasLines := d.flag()
 	n := d.uvarint()
-	if n > linesMax || !hasLines && n != 0 {
+	if n > LinesMax || !hasLines && n != 0 {
 		d.fail()
 	}
 	if hasLines && d.err == nil {

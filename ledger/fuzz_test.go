@@ -186,7 +186,7 @@ func FuzzVoucherRecord(f *testing.F) {
 
 // FuzzMovementRecord protects decodeMovementRecord: no panic, exactly one
 // result on success, the per-record invariants hold (approved > 0, refunded
-// within approved, refund > 0), lines stay within linesMax, and a decoded
+// within approved, refund > 0), lines stay within LinesMax, and a decoded
 // record re-encodes to the same record.
 func FuzzMovementRecord(f *testing.F) {
 	valid := seedMovements()
@@ -204,7 +204,7 @@ func FuzzMovementRecord(f *testing.F) {
 		case (red == nil) == (ref == nil):
 			t.Fatalf("decode returned redemption %v and refund %v", red, ref)
 		case red != nil:
-			if red.Approved <= 0 || red.Refunded < 0 || red.Refunded > red.Approved || len(red.Lines) > linesMax {
+			if red.Approved <= 0 || red.Refunded < 0 || red.Refunded > red.Approved || len(red.Lines) > LinesMax {
 				t.Fatalf("decoded a redemption that breaks its invariants: %+v", red)
 			}
 			red2, ref2, err := decodeMovementRecord(seq, encodeRedemption(nil, red))
@@ -249,12 +249,12 @@ func assertSameRedemption(t *testing.T, a, b *Redemption) {
 func FuzzRedemptionRoundTrip(f *testing.F) {
 	f.Add(uint64(7), uint64(3), uint32(42), "S1", "T1", int64(180_000), int64(0), int64(1_550_000),
 		int64(fuzzEpoch.UnixNano()), "sugar", uint8(0))
-	f.Add(uint64(math.MaxUint64), uint64(math.MaxUint64), uint32(math.MaxUint32), strings.Repeat("S", idMax),
-		strings.Repeat("T", idMax), int64(domain.AmountMax), int64(domain.AmountMax), int64(0),
-		int64(math.MinInt64), "", uint8(linesMax))
+	f.Add(uint64(math.MaxUint64), uint64(math.MaxUint64), uint32(math.MaxUint32), strings.Repeat("S", IDMax),
+		strings.Repeat("T", IDMax), int64(domain.AmountMax), int64(domain.AmountMax), int64(0),
+		int64(math.MinInt64), "", uint8(LinesMax))
 	f.Fuzz(func(t *testing.T, seq, period uint64, voucher uint32, store, terminal string,
 		approved, refunded, balance, created int64, category string, lines uint8) {
-		if voucher == 0 || approved <= 0 || refunded < 0 || refunded > approved || int(lines) > linesMax {
+		if voucher == 0 || approved <= 0 || refunded < 0 || refunded > approved || int(lines) > LinesMax {
 			t.Skip("not a redemption the ledger can commit")
 		}
 		red := &Redemption{Seq: seq, Period: period, Voucher: VoucherID(voucher), StoreID: store,

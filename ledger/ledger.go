@@ -34,16 +34,21 @@ type Config struct {
 	CacheSize int64
 }
 
-// Limits of what a single request may carry.
+// Limits of what a single request may carry. The gateway decodes request
+// bodies against the same constants, so what it accepts the ledger accepts.
 const (
-	linesMax      = 200
-	membersMax    = 30
-	familyIDMax   = 64
-	cityMax       = 64
-	issuanceMax   = 100_000
-	idMax         = 64
-	skuMax        = 64
-	categoryMax   = 64
+	LinesMax    = 200     // basket lines of a redemption
+	MembersMax  = 30      // members of a family
+	IssuanceMax = 100_000 // families of one issuance request
+	IDMax       = 64      // bytes of a store, terminal or family id
+	NameMax     = 140     // bytes of a store name
+	CityMax     = 64      // bytes of a city name
+	SKUMax      = 64      // bytes of a basket line's sku
+	CategoryMax = 64      // bytes of a basket line's category code
+)
+
+// Limits of the ledger's own work.
+const (
 	citiesMax     = 1<<16 - 1
 	issueBatchMax = 10_000 // families per Pebble batch during issuance
 	lapseBatchMax = 512    // vouchers locked together during lapse

@@ -79,10 +79,10 @@ func fillVouchers(tb testing.TB, dir string, n int) {
 		tb.Fatal(err)
 	}
 	defer l.Close()
-	families := make([]Family, 0, issuanceMax)
-	for lo := 0; lo < n; lo += issuanceMax {
+	families := make([]Family, 0, IssuanceMax)
+	for lo := 0; lo < n; lo += IssuanceMax {
 		families = families[:0]
-		for i := lo; i < min(lo+issuanceMax, n); i++ {
+		for i := lo; i < min(lo+IssuanceMax, n); i++ {
 			families = append(families, Family{FamilyID: fmt.Sprintf("F-%08d", i), Members: 1 + i%6, City: cityNames[i%len(cityNames)]})
 		}
 		if _, err := l.Issue(dec2026, families); err != nil {

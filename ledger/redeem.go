@@ -34,16 +34,16 @@ func (r *RedeemRequest) validate() *Refusal {
 	if r.Amount > domain.AmountMax {
 		return refuse(CodeInvalid, "amount %d is above %d", r.Amount, domain.AmountMax)
 	}
-	if len(r.Lines) > linesMax {
-		return refuse(CodeInvalid, "at most %d lines, got %d", linesMax, len(r.Lines))
+	if len(r.Lines) > LinesMax {
+		return refuse(CodeInvalid, "at most %d lines, got %d", LinesMax, len(r.Lines))
 	}
 	for i := range r.Lines {
 		l := &r.Lines[i]
 		if l.Amount < 0 || l.Amount > domain.AmountMax {
 			return refuse(CodeInvalid, "lines[%d].amount %d must be 0-%d", i, l.Amount, domain.AmountMax)
 		}
-		if len(l.SKU) > skuMax || len(l.Category) > categoryMax {
-			return refuse(CodeInvalid, "lines[%d]: sku and category are at most %d bytes", i, skuMax)
+		if len(l.SKU) > SKUMax || len(l.Category) > CategoryMax {
+			return refuse(CodeInvalid, "lines[%d]: sku and category are at most %d bytes", i, SKUMax)
 		}
 	}
 	if r.Idem != nil && r.Render == nil {

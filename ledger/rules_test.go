@@ -112,7 +112,7 @@ func TestIssueValidation(t *testing.T) {
 		}
 	}
 
-	many := make([]Family, issuanceMax+1)
+	many := make([]Family, IssuanceMax+1)
 	for i := range many {
 		many[i] = Family{FamilyID: fmt.Sprintf("F%d", i), Members: 1}
 	}
@@ -374,8 +374,8 @@ func TestPricing(t *testing.T) {
 		{name: "amount at AmountMax", balance: 432_500, amount: domain.AmountMax, code: CodeInsufficientFunds},
 		{name: "negative line", balance: 432_500, lines: []Line{{"a", "bread", -1}}, code: CodeInvalid},
 		{name: "line above AmountMax", balance: 432_500, lines: []Line{{"a", "bread", domain.AmountMax + 1}}, code: CodeInvalid},
-		{name: "200 lines at AmountMax", balance: 432_500, lines: repeatLine(Line{"a", "bread", domain.AmountMax}, linesMax), code: CodeInsufficientFunds},
-		{name: "201 lines", balance: 432_500, lines: repeatLine(Line{"a", "bread", 1}, linesMax+1), code: CodeInvalid},
+		{name: "200 lines at AmountMax", balance: 432_500, lines: repeatLine(Line{"a", "bread", domain.AmountMax}, LinesMax), code: CodeInsufficientFunds},
+		{name: "201 lines", balance: 432_500, lines: repeatLine(Line{"a", "bread", 1}, LinesMax+1), code: CodeInvalid},
 		{name: "sku too long", balance: 432_500, lines: []Line{{strings.Repeat("1", 65), "bread", 1}}, code: CodeInvalid},
 	}
 	for i, c := range cases {

@@ -28,7 +28,7 @@ type terminalIndex struct {
 // ValidID reports whether s is a valid id for a store, terminal or family:
 // 1–64 characters of [A-Za-z0-9_-].
 func ValidID(s string) bool {
-	if len(s) == 0 || len(s) > idMax {
+	if len(s) == 0 || len(s) > IDMax {
 		return false
 	}
 	for i := range len(s) {
@@ -45,10 +45,10 @@ func (l *Ledger) validateStore(s *Store) *Refusal {
 	switch {
 	case !ValidID(s.ID):
 		return refuse(CodeInvalid, "store_id %q must be 1-64 characters of A-Z a-z 0-9 _ -", s.ID)
-	case s.Name == "" || len(s.Name) > 140:
-		return refuse(CodeInvalid, "name must be 1-140 bytes")
-	case len(s.City) > cityMax:
-		return refuse(CodeInvalid, "city must be at most %d bytes", cityMax)
+	case s.Name == "" || len(s.Name) > NameMax:
+		return refuse(CodeInvalid, "name must be 1-%d bytes", NameMax)
+	case len(s.City) > CityMax:
+		return refuse(CodeInvalid, "city must be at most %d bytes", CityMax)
 	case !domain.ValidBIN(s.BIN):
 		return refuse(CodeInvalid, "bin %q must be 12 digits with a valid check digit", s.BIN)
 	case !domain.ValidIBAN(s.IBAN):

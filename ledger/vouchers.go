@@ -63,10 +63,10 @@ func validateFamily(i int, f *Family) *Refusal {
 	switch {
 	case !ValidID(f.FamilyID):
 		return refuse(CodeInvalid, "families[%d].family_id %q must be 1-64 characters of A-Z a-z 0-9 _ -", i, f.FamilyID)
-	case f.Members < 1 || f.Members > membersMax:
-		return refuse(CodeInvalid, "families[%d].members %d must be 1-%d", i, f.Members, membersMax)
-	case len(f.City) > cityMax:
-		return refuse(CodeInvalid, "families[%d].city must be at most %d bytes", i, cityMax)
+	case f.Members < 1 || f.Members > MembersMax:
+		return refuse(CodeInvalid, "families[%d].members %d must be 1-%d", i, f.Members, MembersMax)
+	case len(f.City) > CityMax:
+		return refuse(CodeInvalid, "families[%d].city must be at most %d bytes", i, CityMax)
 	}
 	return nil
 }
@@ -86,8 +86,8 @@ func (l *Ledger) IssueBy(who Actor, month domain.Month, families []Family) ([]Is
 	if err := l.check(); err != nil {
 		return nil, err
 	}
-	if len(families) > issuanceMax {
-		return nil, refuse(CodeInvalid, "at most %d families per issuance, got %d", issuanceMax, len(families))
+	if len(families) > IssuanceMax {
+		return nil, refuse(CodeInvalid, "at most %d families per issuance, got %d", IssuanceMax, len(families))
 	}
 	if _, ok := l.prog.FaceValue(month, 1); !ok {
 		return nil, refuse(CodeMRPUnknown, "no MRP is configured for %d (programme file: mrp)", month.Year())

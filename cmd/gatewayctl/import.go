@@ -170,14 +170,14 @@ func checkRow(rec []string) (family, string) {
 	members := strings.TrimSpace(rec[1])
 	city := strings.TrimSpace(rec[2])
 	if !ledger.ValidID(id) {
-		return family{}, fmt.Sprintf("family_id %q must be 1-64 characters of A-Z a-z 0-9 _ -", id)
+		return family{}, fmt.Sprintf("family_id %q must be 1-%d characters of A-Z a-z 0-9 _ -", id, ledger.IDMax)
 	}
 	n, err := strconv.Atoi(members)
-	if err != nil || n < 1 || n > 30 {
-		return family{}, fmt.Sprintf("members %q must be a whole number 1-30", members)
+	if err != nil || n < 1 || n > ledger.MembersMax {
+		return family{}, fmt.Sprintf("members %q must be a whole number 1-%d", members, ledger.MembersMax)
 	}
-	if len(city) > 64 {
-		return family{}, fmt.Sprintf("city is %d bytes, at most 64", len(city))
+	if len(city) > ledger.CityMax {
+		return family{}, fmt.Sprintf("city is %d bytes, at most %d", len(city), ledger.CityMax)
 	}
 	if !utf8.ValidString(city) || strings.ContainsFunc(city, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return family{}, fmt.Sprintf("city %q must be UTF-8 text without control characters", city)
